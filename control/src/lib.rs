@@ -1,0 +1,5 @@
+//! afgate's control side: configuration, bringing the dataplane up, the CLI.
+
+pub mod config;
+pub mod run;
+pub mod stats;

@@ -1,0 +1,63 @@
+//! Summing the workers' counters into one view: per port, per drop reason, per event.
+
+use afgate_dataplane::counters::{DropReason, Event, WorkerCounters};
+use afgate_dataplane::tables::Tables;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct PortStats {
+    pub rx_packets: u64,
+    pub rx_bytes: u64,
+    pub tx_packets: u64,
+    pub tx_bytes: u64,
+    pub tx_drops: u64,
+}
+
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct Stats {
+    pub ports: BTreeMap<String, PortStats>,
+    /// Non-zero drop counters by reason name.
+    pub drops: BTreeMap<&'static str, u64>,
+    pub events: BTreeMap<&'static str, u64>,
+    /// Per worker: fraction of poll passes that moved frames.
+    pub busy_ratio: Vec<f64>,
+}
+
+pub fn collect(workers: &[Arc<WorkerCounters>], tables: &Tables) -> Stats {
+    let mut s = Stats::default();
+    for p in tables.ports.iter() {
+        let mut ps = PortStats::default();
+        for w in workers {
+            if let Some(c) = w.ports.get(p.id.index()) {
+                ps.rx_packets += c.rx_packets.get();
+                ps.rx_bytes += c.rx_bytes.get();
+                ps.tx_packets += c.tx_packets.get();
+                ps.tx_bytes += c.tx_bytes.get();
+                ps.tx_drops += c.drops.get();
+            }
+        }
+        s.ports.insert(p.name.clone(), ps);
+    }
+    for r in DropReason::ALL {
+        let n: u64 = workers.iter().map(|w| w.drop_count(*r)).sum();
+        if n > 0 {
+            s.drops.insert(r.name(), n);
+        }
+    }
+    for e in Event::ALL {
+        let n: u64 = workers.iter().map(|w| w.event_count(*e)).sum();
+        if n > 0 {
+            s.events.insert(e.name(), n);
+        }
+    }
+    s.busy_ratio = workers
+        .iter()
+        .map(|w| {
+            let polls = w.polls.get();
+            if polls == 0 { 0.0 } else { w.busy_polls.get() as f64 / polls as f64 }
+        })
+        .collect();
+    s
+}

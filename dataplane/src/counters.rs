@@ -1,0 +1,185 @@
+//! Counters: drop reasons as a closed, named list (STYLE §10), events, and per-port traffic.
+//!
+//! Each worker owns its counters and is their only writer, so an increment is a relaxed load
+//! and store, not a locked read-modify-write: the control thread reads them (relaxed) and
+//! sums over workers. A reader may see a value a few packets old, never a torn one.
+
+use core::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+/// A counter with a single writer (its worker) and any number of readers.
+#[derive(Debug, Default)]
+pub struct Counter(AtomicU64);
+
+impl Counter {
+    #[inline]
+    pub fn add(&self, n: u64) {
+        self.0.store(self.0.load(Relaxed).wrapping_add(n), Relaxed);
+    }
+    #[inline]
+    pub fn inc(&self) {
+        self.add(1)
+    }
+    #[inline]
+    pub fn get(&self) -> u64 {
+        self.0.load(Relaxed)
+    }
+}
+
+macro_rules! named_enum {
+    ($(#[$m:meta])* $vis:vis enum $name:ident { $($(#[$vm:meta])* $variant:ident = $text:literal,)+ }) => {
+        $(#[$m])*
+        #[repr(u16)]
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        $vis enum $name { $($(#[$vm])* $variant,)+ }
+        impl $name {
+            pub const ALL: &'static [$name] = &[$($name::$variant,)+];
+            pub const COUNT: usize = $name::ALL.len();
+            /// The stable, snake_case name used in `afgate ctl stats` and metrics.
+            pub const fn name(self) -> &'static str {
+                match self { $($name::$variant => $text,)+ }
+            }
+        }
+        impl core::fmt::Display for $name {
+            fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+                f.write_str(self.name())
+            }
+        }
+    };
+}
+
+named_enum! {
+    /// Why a frame was dropped. Every drop in the pipeline names one of these.
+    pub enum DropReason {
+        /// Shorter than its headers claim, bad IHL or lengths, or a bad version.
+        Malformed = "malformed",
+        /// An Ethernet type the dataplane does not handle (and the XDP program did not pass).
+        UnsupportedEthertype = "unsupported_ethertype",
+        /// An IPv6 frame; IPv6 is parsed but not forwarded yet.
+        Ipv6 = "ipv6",
+        /// Unicast frame addressed to a MAC that is not the ingress port's.
+        OtherMac = "other_mac",
+        /// IPv4 header checksum wrong.
+        BadIpChecksum = "bad_ip_checksum",
+        /// No route to the destination.
+        NoRoute = "no_route",
+        /// TTL expired in transit (an ICMP time exceeded is sent when possible).
+        TtlExceeded = "ttl_exceeded",
+        /// Next hop's MAC unknown; an ARP request was sent in its place.
+        NeighUnresolved = "neigh_unresolved",
+        /// ARP that is neither for us nor proxied by us.
+        ArpNotForUs = "arp_not_for_us",
+        /// ICMP to a node address that is not an echo request.
+        LocalIcmpOther = "local_icmp_other",
+        /// Traffic to a node address that the kernel owns but the XDP program did not pass.
+        LocalNotOurs = "local_not_ours",
+        /// Would go back out of the port it came in on with no rewrite to make it useful.
+        SamePort = "same_port",
+        /// Frame larger than the egress MTU and not allowed to be fragmented.
+        TooBig = "too_big",
+        /// Egress tx ring full.
+        TxRingFull = "tx_ring_full",
+        /// Egress port is down or not attached.
+        PortDown = "port_down",
+        /// Not a drop: the pipeline consumed the frame (an ARP reply it learned from).
+        Consumed = "consumed",
+    }
+}
+
+named_enum! {
+    /// Things the pipeline did besides forwarding, counted per worker.
+    pub enum Event {
+        ArpReply = "arp_reply",
+        ProxyArpReply = "proxy_arp_reply",
+        ArpLearned = "arp_learned",
+        ArpRequestSent = "arp_request_sent",
+        IcmpEchoReply = "icmp_echo_reply",
+        IcmpTimeExceededSent = "icmp_time_exceeded_sent",
+        IcmpUnreachableSent = "icmp_unreachable_sent",
+    }
+}
+
+/// Traffic counters of one port as seen by one worker.
+#[derive(Debug, Default)]
+pub struct PortCounters {
+    pub rx_packets: Counter,
+    pub rx_bytes: Counter,
+    pub tx_packets: Counter,
+    pub tx_bytes: Counter,
+    pub drops: Counter,
+}
+
+/// Everything one worker counts. Cache-line aligned so that two workers' counters never
+/// share a line.
+#[repr(C, align(64))]
+#[derive(Debug)]
+pub struct WorkerCounters {
+    pub drops: [Counter; DropReason::COUNT],
+    pub events: [Counter; Event::COUNT],
+    pub ports: Box<[PortCounters]>,
+    /// Poll iterations that moved at least one frame, and all iterations: busy ratio.
+    pub busy_polls: Counter,
+    pub polls: Counter,
+    /// Times the worker slept in poll(2) waiting for frames.
+    pub sleeps: Counter,
+}
+
+impl WorkerCounters {
+    pub fn new(ports: usize) -> Self {
+        WorkerCounters {
+            drops: core::array::from_fn(|_| Counter::default()),
+            events: core::array::from_fn(|_| Counter::default()),
+            ports: (0..ports).map(|_| PortCounters::default()).collect(),
+            busy_polls: Counter::default(),
+            polls: Counter::default(),
+            sleeps: Counter::default(),
+        }
+    }
+
+    #[inline]
+    pub fn dropped(&self, reason: DropReason) {
+        self.drops[reason as usize].inc();
+    }
+
+    #[inline]
+    pub fn event(&self, event: Event) {
+        self.events[event as usize].inc();
+    }
+
+    pub fn drop_count(&self, reason: DropReason) -> u64 {
+        self.drops[reason as usize].get()
+    }
+
+    pub fn event_count(&self, event: Event) -> u64 {
+        self.events[event as usize].get()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_unique_and_snake_case() {
+        let mut names: Vec<_> = DropReason::ALL.iter().map(|r| r.name()).collect();
+        names.extend(Event::ALL.iter().map(|e| e.name()));
+        for n in &names {
+            assert!(n.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'), "{n}");
+        }
+        let total = names.len();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), total);
+    }
+
+    #[test]
+    fn counters_count() {
+        let c = WorkerCounters::new(2);
+        c.dropped(DropReason::NoRoute);
+        c.dropped(DropReason::NoRoute);
+        c.event(Event::ArpReply);
+        c.ports[1].rx_packets.add(5);
+        assert_eq!(c.drop_count(DropReason::NoRoute), 2);
+        assert_eq!(c.event_count(Event::ArpReply), 1);
+        assert_eq!(c.ports[1].rx_packets.get(), 5);
+    }
+}

@@ -1,0 +1,56 @@
+//! First stage: is this a frame for us at all, and which protocol handles it.
+
+use super::{Action, Ctx, RxMeta, arp, local, route};
+use crate::counters::DropReason;
+use crate::frame::Frame;
+use crate::wire::{EtherType, EthernetAddress, EthernetFrame, Ipv4Packet, ethernet};
+
+#[inline]
+pub fn run(frame: &mut Frame, meta: &RxMeta, ctx: &Ctx) -> Action {
+    let Some(port) = ctx.tables.ports.get(meta.port) else {
+        return Action::Drop(DropReason::PortDown);
+    };
+    let Ok(eth) = EthernetFrame::new_checked(frame.data()) else {
+        return Action::Drop(DropReason::Malformed);
+    };
+    let dst = eth.dst_addr();
+    if dst.is_unicast() && dst != EthernetAddress(port.mac) {
+        crate::trace_step!(ctx, "classify", "dst MAC {dst} is not port {}'s", port.name);
+        return Action::Drop(DropReason::OtherMac);
+    }
+    crate::trace_step!(ctx, "classify", "port {} ({}), ethertype {:?}", port.name, port.role.name(), eth.ethertype());
+    match eth.ethertype() {
+        EtherType::Arp => arp::run(frame, meta, ctx),
+        EtherType::Ipv4 => ipv4(frame, meta, ctx),
+        EtherType::Ipv6 => Action::Drop(DropReason::Ipv6),
+        _ => Action::Drop(DropReason::UnsupportedEthertype),
+    }
+}
+
+#[inline]
+fn ipv4(frame: &mut Frame, meta: &RxMeta, ctx: &Ctx) -> Action {
+    let l3 = &frame.data()[ethernet::HEADER_LEN..];
+    let Ok(ip) = Ipv4Packet::new_checked(l3) else {
+        return Action::Drop(DropReason::Malformed);
+    };
+    if !ip.is_valid_version() {
+        return Action::Drop(DropReason::Malformed);
+    }
+    if !ip.verify_checksum() {
+        return Action::Drop(DropReason::BadIpChecksum);
+    }
+    // Trailing Ethernet padding (frames shorter than 60 bytes) is not part of the packet.
+    let end = ethernet::HEADER_LEN + ip.total_len() as usize;
+    let dst = ip.dst_addr();
+    if end < frame.len() && !frame.set_len(end) {
+        return Action::Drop(DropReason::Malformed);
+    }
+    // Later stages slot in here: VXLAN decap (tunnel traffic to a node address), then
+    // services/NAT (conntrack hit → translate; VIP → schedule + DNAT), before routing on
+    // the translated address (SPEC B8).
+    if ctx.tables.is_local(dst) {
+        crate::trace_step!(ctx, "classify", "{dst} is a node address");
+        return local::run(frame, meta, ctx);
+    }
+    route::forward(frame, meta, ctx)
+}

@@ -1,0 +1,186 @@
+//! Forwarding: longest-prefix match on the destination, TTL and MTU checks, then the next
+//! hop's MAC from the neighbour cache — or, when it is unknown, the frame is turned into an
+//! ARP request for that neighbour (the packet itself is lost, counted; its sender retries).
+
+use super::{Action, Ctx, RxMeta, flow, icmp};
+use crate::counters::{DropReason, Event};
+use crate::frame::Frame;
+use crate::tables::Port;
+use crate::tables::ports::{POD_GATEWAY, PortRole};
+use crate::wire::icmp::{DstUnreachable, Message, TimeExceeded};
+use crate::wire::{ArpOperation, ArpPacket, ArpRepr, EtherType, EthernetAddress, EthernetFrame, Ipv4Packet, ethernet};
+use core::net::Ipv4Addr;
+
+pub fn forward(frame: &mut Frame, meta: &RxMeta, ctx: &Ctx) -> Action {
+    let (dst, hash, ttl, total_len, dont_frag) = {
+        let ip = Ipv4Packet::new_unchecked(&frame.data()[ethernet::HEADER_LEN..]);
+        (ip.dst_addr(), flow::hash_v4(&ip), ip.ttl(), ip.total_len(), ip.dont_frag())
+    };
+    let Some(nh) = ctx.tables.fib.lookup(dst).and_then(|r| r.select(hash)).copied() else {
+        ctx.counters.dropped(DropReason::NoRoute);
+        return icmp::error(frame, meta, ctx, Message::DstUnreachable, DstUnreachable::NetUnreachable.into(), [0; 4])
+            .unwrap_or(Action::Drop(DropReason::NoRoute));
+    };
+    if ttl <= 1 {
+        ctx.counters.dropped(DropReason::TtlExceeded);
+        return icmp::error(frame, meta, ctx, Message::TimeExceeded, TimeExceeded::TtlExpired.into(), [0; 4])
+            .unwrap_or(Action::Drop(DropReason::TtlExceeded));
+    }
+    let Some(out) = ctx.tables.ports.get(nh.port) else {
+        return Action::Drop(DropReason::PortDown);
+    };
+    if total_len > out.mtu {
+        if !dont_frag {
+            return Action::Drop(DropReason::TooBig);
+        }
+        ctx.counters.dropped(DropReason::TooBig);
+        let mtu = out.mtu.to_be_bytes();
+        return icmp::error(frame, meta, ctx, Message::DstUnreachable, DstUnreachable::FragRequired.into(), [0, 0, mtu[0], mtu[1]])
+            .unwrap_or(Action::Drop(DropReason::TooBig));
+    }
+    Ipv4Packet::new_unchecked(&mut frame.data_mut()[ethernet::HEADER_LEN..]).decrement_ttl();
+    let neighbour = nh.neighbour(dst);
+    crate::trace_step!(ctx, "route", "{dst} → port {} via {}", out.name, neighbour);
+    match ctx.shared.neigh.lookup(neighbour) {
+        Some(n) => {
+            crate::trace_step!(ctx, "neigh", "{neighbour} is {}", EthernetAddress(n.mac));
+            let mut eth = EthernetFrame::new_unchecked(frame.data_mut());
+            eth.set_dst_addr(EthernetAddress(n.mac));
+            eth.set_src_addr(EthernetAddress(out.mac));
+            Action::Tx(nh.port)
+        }
+        None => {
+            crate::trace_step!(ctx, "neigh", "{neighbour} unresolved: ARP request instead");
+            ctx.counters.dropped(DropReason::NeighUnresolved);
+            ctx.counters.event(Event::ArpRequestSent);
+            arp_request(frame, out, neighbour, ctx);
+            Action::Tx(nh.port)
+        }
+    }
+}
+
+/// The address afgate speaks from on `port` when it originates a frame there: the port's
+/// own address, on a pod port the pod gateway (the only address pods know the node by),
+/// else the first address of any port.
+pub fn source_addr(port: &Port, ctx: &Ctx) -> Option<Ipv4Addr> {
+    port.primary_addr()
+        .or(if port.role == PortRole::Pod { Some(POD_GATEWAY) } else { None })
+        .or_else(|| ctx.tables.ports.iter().find_map(|p| p.primary_addr()))
+}
+
+/// Rewrites `frame` into a broadcast ARP request for `target` from `out`.
+fn arp_request(frame: &mut Frame, out: &Port, target: Ipv4Addr, ctx: &Ctx) {
+    let len = ethernet::HEADER_LEN + crate::wire::arp::PACKET_LEN;
+    let ok = frame.set_len(len.max(60));
+    debug_assert!(ok, "a received frame always has room for 60 bytes");
+    let data = frame.data_mut();
+    data.fill(0);
+    let mut eth = EthernetFrame::new_unchecked(&mut data[..]);
+    eth.set_dst_addr(EthernetAddress::BROADCAST);
+    eth.set_src_addr(EthernetAddress(out.mac));
+    eth.set_ethertype(EtherType::Arp);
+    ArpRepr {
+        operation: ArpOperation::Request,
+        source_hardware_addr: EthernetAddress(out.mac),
+        source_protocol_addr: source_addr(out, ctx).unwrap_or(Ipv4Addr::UNSPECIFIED),
+        target_hardware_addr: EthernetAddress([0; 6]),
+        target_protocol_addr: target,
+    }
+    .emit(&mut ArpPacket::new_unchecked(&mut data[ethernet::HEADER_LEN..]));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::*;
+    use super::*;
+    use crate::wire::IpProtocol;
+
+    #[test]
+    fn forwards_pod_to_outside_via_gateway() {
+        let lab = Lab::new();
+        let f = udp_frame(POD60_MAC, lab.mac(POD60), POD60_IP, EXT_IP, 64, 1000, 53, b"hello");
+        let out = lab.run(POD60, f);
+        assert_eq!(out.action, Action::Tx(BIZ));
+        let eth = EthernetFrame::new_checked(&out.frame[..]).unwrap();
+        assert_eq!(eth.dst_addr().0, GW_MAC);
+        assert_eq!(eth.src_addr().0, lab.mac(BIZ));
+        let ip = Ipv4Packet::new_checked(&out.frame[14..]).unwrap();
+        assert_eq!(ip.ttl(), 63);
+        assert!(ip.verify_checksum(), "incremental TTL checksum");
+        assert_eq!((ip.src_addr(), ip.dst_addr()), (POD60_IP, EXT_IP));
+        assert_valid_l4(&out.frame);
+    }
+
+    #[test]
+    fn forwards_to_pod_on_scope_link_route() {
+        let lab = Lab::new();
+        lab.shared.neigh.learn(POD41_IP, POD41_MAC, POD41, 0);
+        let f = udp_frame(GW_MAC, lab.mac(BIZ), EXT_IP, POD41_IP, 30, 53, 1000, b"x");
+        let out = lab.run(BIZ, f);
+        assert_eq!(out.action, Action::Tx(POD41));
+        let eth = EthernetFrame::new_checked(&out.frame[..]).unwrap();
+        assert_eq!(eth.dst_addr().0, POD41_MAC);
+        assert_eq!(Ipv4Packet::new_checked(&out.frame[14..]).unwrap().ttl(), 29);
+    }
+
+    #[test]
+    fn unresolved_neighbour_becomes_arp_request() {
+        let lab = Lab::new();
+        let f = udp_frame(GW_MAC, lab.mac(BIZ), EXT_IP, POD41_IP, 30, 53, 1000, b"x");
+        let out = lab.run(BIZ, f);
+        assert_eq!(out.action, Action::Tx(POD41));
+        let eth = EthernetFrame::new_checked(&out.frame[..]).unwrap();
+        assert_eq!(eth.ethertype(), EtherType::Arp);
+        assert!(eth.dst_addr().is_broadcast());
+        let req = ArpRepr::parse(&ArpPacket::new_checked(&out.frame[14..]).unwrap()).unwrap();
+        assert_eq!(req.target_protocol_addr, POD41_IP);
+        assert_eq!(req.source_protocol_addr, POD_GATEWAY);
+        assert_eq!(lab.drop(DropReason::NeighUnresolved), 1);
+    }
+
+    #[test]
+    fn ttl_one_gets_time_exceeded_from_ingress_address() {
+        let lab = Lab::new();
+        let f = udp_frame(GW_MAC, lab.mac(BIZ), EXT_IP, POD41_IP, 1, 53, 1000, b"payload!");
+        let orig = f.clone();
+        let out = lab.run(BIZ, f);
+        assert_eq!(out.action, Action::Tx(BIZ));
+        let eth = EthernetFrame::new_checked(&out.frame[..]).unwrap();
+        assert_eq!(eth.dst_addr().0, GW_MAC);
+        let ip = Ipv4Packet::new_checked(&out.frame[14..]).unwrap();
+        assert!(ip.verify_checksum());
+        assert_eq!((ip.src_addr(), ip.dst_addr(), ip.next_header()), (BIZ_IP, EXT_IP, IpProtocol::Icmp));
+        let icmp = crate::wire::IcmpPacket::new_checked(ip.payload()).unwrap();
+        assert_eq!(icmp.msg_type(), Message::TimeExceeded);
+        assert!(icmp.verify_checksum());
+        // Quotes the original IP header and first 8 bytes of its payload.
+        assert_eq!(icmp.payload(), &orig[14..14 + 28]);
+        assert_eq!(lab.drop(DropReason::TtlExceeded), 1);
+        assert_eq!(lab.event(Event::IcmpTimeExceededSent), 1);
+    }
+
+    #[test]
+    fn too_big_with_df_gets_frag_needed() {
+        let lab = Lab::new();
+        let payload = vec![7u8; 1460];
+        let f = udp_frame(GW_MAC, lab.mac(BIZ), EXT_IP, POD60_IP, 30, 53, 1000, &payload);
+        let out = lab.run(BIZ, f);
+        assert_eq!(out.action, Action::Tx(BIZ));
+        let ip = Ipv4Packet::new_checked(&out.frame[14..]).unwrap();
+        let icmp = crate::wire::IcmpPacket::new_checked(ip.payload()).unwrap();
+        assert_eq!(icmp.msg_type(), Message::DstUnreachable);
+        assert_eq!(icmp.code(), 4);
+        assert_eq!(icmp.next_hop_mtu(), 1450);
+    }
+
+    #[test]
+    fn no_route_is_counted() {
+        let mut lab = Lab::new();
+        lab.tables.fib.remove(Ipv4Addr::UNSPECIFIED, 0);
+        let f = udp_frame(POD60_MAC, lab.mac(POD60), POD60_IP, EXT_IP, 64, 1, 2, b"");
+        let out = lab.run(POD60, f);
+        assert_eq!(lab.drop(DropReason::NoRoute), 1);
+        // an ICMP net unreachable goes back to the pod
+        assert_eq!(out.action, Action::Tx(POD60));
+    }
+}

@@ -1,0 +1,52 @@
+//! What the pipeline reads: an immutable [`Tables`] snapshot the control thread builds aside
+//! and publishes with one pointer swap, and [`Shared`] state the workers update themselves
+//! (learned neighbours; later conntrack), lock-free.
+
+pub mod fib;
+pub mod neigh;
+pub mod ports;
+
+pub use fib::{Fib, NextHop, Route};
+pub use neigh::NeighCache;
+pub use ports::{Port, PortId, PortRole, Ports};
+
+use core::net::Ipv4Addr;
+use hashbrown::HashMap;
+
+/// One published configuration. Workers load it once per batch; the control thread never
+/// mutates a published snapshot, it builds the next one.
+#[derive(Debug, Clone, Default)]
+pub struct Tables {
+    pub ports: Ports,
+    pub fib: Fib,
+    /// The node's own addresses and the port each is configured on: ARP and ICMP echo
+    /// are answered for these.
+    pub local: HashMap<Ipv4Addr, PortId>,
+    /// Bumped on every publication; lets tests and `ctl` tell snapshots apart.
+    pub generation: u64,
+}
+
+impl Tables {
+    #[inline]
+    pub fn is_local(&self, addr: Ipv4Addr) -> bool {
+        self.local.contains_key(&addr)
+    }
+}
+
+/// State shared by all workers and written on the packet path.
+#[derive(Debug)]
+pub struct Shared {
+    pub neigh: NeighCache,
+}
+
+impl Shared {
+    pub fn new(neigh_capacity: usize) -> Self {
+        Shared { neigh: NeighCache::new(neigh_capacity) }
+    }
+}
+
+impl Default for Shared {
+    fn default() -> Self {
+        Shared::new(4096)
+    }
+}

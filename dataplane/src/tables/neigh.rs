@@ -1,0 +1,266 @@
+//! The neighbour cache: IPv4 address → (MAC, port), learned from ARP on the packet path by
+//! any worker and read by all of them, plus permanent entries from configuration.
+//!
+//! Fixed capacity, open addressing over a short probe window, one seqlock per slot: readers
+//! never write shared memory and never wait; a writer that finds a slot being written by
+//! another worker gives up (the next ARP frame will teach the same thing), so no one ever
+//! spins on another core. Address 0.0.0.0 marks an empty slot; it is never a neighbour.
+
+use super::ports::PortId;
+use core::net::Ipv4Addr;
+use core::sync::atomic::{AtomicU32, AtomicU64, Ordering, fence};
+
+const PROBE: usize = 8;
+const PERMANENT: u64 = 1 << 63;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NeighEntry {
+    pub ip: Ipv4Addr,
+    pub mac: [u8; 6],
+    pub port: PortId,
+    /// When it was last confirmed, in seconds of the dataplane clock.
+    pub updated: u32,
+    /// Configured statically: never aged out or replaced by learning.
+    pub permanent: bool,
+}
+
+#[derive(Debug, Default)]
+#[repr(align(32))]
+struct Slot {
+    seq: AtomicU32,
+    ip: AtomicU32,
+    updated: AtomicU32,
+    /// mac (48 bits) | port << 48 (15 bits) | PERMANENT
+    word: AtomicU64,
+}
+
+#[derive(Debug)]
+pub struct NeighCache {
+    slots: Box<[Slot]>,
+    mask: usize,
+}
+
+#[inline]
+fn hash(ip: u32) -> usize {
+    // Fibonacci hashing spreads sequential pod addresses over the table.
+    (ip.wrapping_mul(0x9E37_79B9) >> 8) as usize
+}
+
+fn pack(mac: [u8; 6], port: PortId, permanent: bool) -> u64 {
+    let mut m = [0u8; 8];
+    m[..6].copy_from_slice(&mac);
+    u64::from_le_bytes(m) | ((port.0 as u64 & 0x7fff) << 48) | if permanent { PERMANENT } else { 0 }
+}
+
+fn unpack(word: u64) -> ([u8; 6], PortId, bool) {
+    let b = word.to_le_bytes();
+    let mut mac = [0u8; 6];
+    mac.copy_from_slice(&b[..6]);
+    (mac, PortId(((word >> 48) & 0x7fff) as u16), word & PERMANENT != 0)
+}
+
+impl NeighCache {
+    /// A cache of at least `capacity` slots (rounded up to a power of two).
+    pub fn new(capacity: usize) -> Self {
+        let n = capacity.max(PROBE).next_power_of_two();
+        NeighCache { slots: (0..n).map(|_| Slot::default()).collect(), mask: n - 1 }
+    }
+
+    fn read(&self, slot: &Slot) -> Option<(u32, u32, u64)> {
+        for _ in 0..4 {
+            let s1 = slot.seq.load(Ordering::Acquire);
+            if s1 & 1 == 1 {
+                continue;
+            }
+            let ip = slot.ip.load(Ordering::Relaxed);
+            let updated = slot.updated.load(Ordering::Relaxed);
+            let word = slot.word.load(Ordering::Relaxed);
+            fence(Ordering::Acquire);
+            if slot.seq.load(Ordering::Relaxed) == s1 {
+                return Some((ip, updated, word));
+            }
+        }
+        None
+    }
+
+    #[inline]
+    pub fn lookup(&self, ip: Ipv4Addr) -> Option<NeighEntry> {
+        let key = u32::from(ip);
+        if key == 0 {
+            return None;
+        }
+        let start = hash(key);
+        for i in 0..PROBE {
+            let slot = &self.slots[(start + i) & self.mask];
+            match self.read(slot) {
+                Some((k, updated, word)) if k == key => {
+                    let (mac, port, permanent) = unpack(word);
+                    return Some(NeighEntry { ip, mac, port, updated, permanent });
+                }
+                Some((0, _, _)) => return None,
+                _ => {}
+            }
+        }
+        None
+    }
+
+    /// Learns or refreshes `ip`. Returns false when the entry could not be written (slot
+    /// busy, or the window is full of permanent entries) or would overwrite a permanent one.
+    pub fn learn(&self, ip: Ipv4Addr, mac: [u8; 6], port: PortId, now: u32) -> bool {
+        self.write(ip, mac, port, now, false)
+    }
+
+    /// Installs a permanent (configured) entry.
+    pub fn set_static(&self, ip: Ipv4Addr, mac: [u8; 6], port: PortId) -> bool {
+        self.write(ip, mac, port, 0, true)
+    }
+
+    fn write(&self, ip: Ipv4Addr, mac: [u8; 6], port: PortId, now: u32, permanent: bool) -> bool {
+        let key = u32::from(ip);
+        if key == 0 {
+            return false;
+        }
+        let start = hash(key);
+        let mut target = None;
+        let mut oldest: Option<(usize, u32)> = None;
+        for i in 0..PROBE {
+            let idx = (start + i) & self.mask;
+            let Some((k, updated, word)) = self.read(&self.slots[idx]) else { continue };
+            if k == key {
+                if word & PERMANENT != 0 && !permanent {
+                    return false;
+                }
+                target = Some(idx);
+                break;
+            }
+            if k == 0 {
+                target.get_or_insert(idx);
+                continue;
+            }
+            if word & PERMANENT == 0 && oldest.is_none_or(|(_, t)| updated < t) {
+                oldest = Some((idx, updated));
+            }
+        }
+        let Some(idx) = target.or(oldest.map(|o| o.0)) else { return false };
+        let slot = &self.slots[idx];
+        let s = slot.seq.load(Ordering::Relaxed);
+        if s & 1 == 1
+            || slot
+                .seq
+                .compare_exchange(s, s + 1, Ordering::Acquire, Ordering::Relaxed)
+                .is_err()
+        {
+            return false;
+        }
+        fence(Ordering::Release);
+        slot.ip.store(key, Ordering::Relaxed);
+        slot.updated.store(now, Ordering::Relaxed);
+        slot.word.store(pack(mac, port, permanent), Ordering::Relaxed);
+        slot.seq.store(s + 2, Ordering::Release);
+        true
+    }
+
+    /// Removes `ip` (control plane: `neigh del`, or a static entry withdrawn).
+    pub fn remove(&self, ip: Ipv4Addr) -> bool {
+        let key = u32::from(ip);
+        let start = hash(key);
+        for i in 0..PROBE {
+            let slot = &self.slots[(start + i) & self.mask];
+            if let Some((k, _, _)) = self.read(slot)
+                && k == key
+            {
+                let s = slot.seq.load(Ordering::Relaxed);
+                if s & 1 == 0
+                    && slot.seq.compare_exchange(s, s + 1, Ordering::Acquire, Ordering::Relaxed).is_ok()
+                {
+                    fence(Ordering::Release);
+                    // A tombstone would be needed for strict probing; moving the rest of the
+                    // window is not worth it for a cache: a later miss just re-resolves.
+                    slot.ip.store(u32::MAX, Ordering::Relaxed);
+                    slot.word.store(0, Ordering::Relaxed);
+                    slot.seq.store(s + 2, Ordering::Release);
+                    return true;
+                }
+            }
+        }
+        false
+    }
+
+    /// Every live entry (for `ctl neigh list`); skips slots being written.
+    pub fn entries(&self) -> Vec<NeighEntry> {
+        self.slots
+            .iter()
+            .filter_map(|s| self.read(s))
+            .filter(|(k, _, _)| *k != 0 && *k != u32::MAX)
+            .map(|(k, updated, word)| {
+                let (mac, port, permanent) = unpack(word);
+                NeighEntry { ip: Ipv4Addr::from(k), mac, port, updated, permanent }
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    const MAC: [u8; 6] = [2, 0, 0, 0, 0, 1];
+
+    #[test]
+    fn learn_lookup_refresh() {
+        let c = NeighCache::new(64);
+        let ip = Ipv4Addr::new(10, 20, 9, 60);
+        assert!(c.lookup(ip).is_none());
+        assert!(c.learn(ip, MAC, PortId(3), 10));
+        let e = c.lookup(ip).unwrap();
+        assert_eq!((e.mac, e.port, e.updated, e.permanent), (MAC, PortId(3), 10, false));
+        assert!(c.learn(ip, [2, 0, 0, 0, 0, 2], PortId(3), 20));
+        assert_eq!(c.lookup(ip).unwrap().mac, [2, 0, 0, 0, 0, 2]);
+        assert_eq!(c.entries().len(), 1);
+    }
+
+    #[test]
+    fn static_entries_are_not_overwritten_by_learning() {
+        let c = NeighCache::new(64);
+        let ip = Ipv4Addr::new(10, 186, 153, 254);
+        assert!(c.set_static(ip, MAC, PortId(0)));
+        assert!(!c.learn(ip, [9; 6], PortId(0), 5));
+        assert_eq!(c.lookup(ip).unwrap().mac, MAC);
+        assert!(c.lookup(ip).unwrap().permanent);
+    }
+
+    #[test]
+    fn full_window_evicts_oldest_learned() {
+        let c = NeighCache::new(8); // one window covers the whole table
+        for i in 1..=8u8 {
+            assert!(c.learn(Ipv4Addr::new(10, 0, 0, i), MAC, PortId(0), i as u32));
+        }
+        assert!(c.learn(Ipv4Addr::new(10, 0, 1, 1), MAC, PortId(0), 100));
+        assert!(c.lookup(Ipv4Addr::new(10, 0, 1, 1)).is_some());
+        assert!(c.lookup(Ipv4Addr::new(10, 0, 0, 1)).is_none(), "oldest evicted");
+    }
+
+    #[test]
+    fn concurrent_readers_never_see_torn_entries() {
+        let c = Arc::new(NeighCache::new(16));
+        let ip = Ipv4Addr::new(10, 0, 0, 1);
+        let writer = {
+            let c = c.clone();
+            std::thread::spawn(move || {
+                for i in 0..20_000u32 {
+                    let b = (i % 200) as u8;
+                    c.learn(ip, [b; 6], PortId(b as u16), i);
+                }
+            })
+        };
+        for _ in 0..20_000 {
+            if let Some(e) = c.lookup(ip) {
+                // mac bytes and port were written together: they must agree.
+                assert!(e.mac.iter().all(|&x| x == e.mac[0]));
+                assert_eq!(e.port.0, e.mac[0] as u16);
+            }
+        }
+        writer.join().unwrap();
+    }
+}

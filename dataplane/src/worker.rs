@@ -1,0 +1,312 @@
+//! A pinned, poll-mode, run-to-completion worker: it owns one UMEM and one queue of every
+//! port, takes batches off each rx ring, runs every frame through the pipeline, and hands
+//! the descriptor to the egress port's tx ring — the frame itself never moves.
+
+use crate::counters::{DropReason, WorkerCounters};
+use crate::frame::Frame;
+use crate::pipeline::{self, Action, Ctx, RxMeta};
+use crate::tables::{PortId, Shared, Tables};
+use crate::xsk::{FramePool, Umem, XdpDesc, Xsk};
+use arc_swap::ArcSwap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+/// How a worker waits when there is nothing to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PollMode {
+    /// Never sleep: for cores dedicated to a NIC queue whose interrupts run elsewhere.
+    Busy,
+    /// Sleep in poll(2) as soon as one pass over the rings finds nothing.
+    Wakeup,
+    /// Spin while traffic flows, sleep in poll(2) after `idle_spins` empty passes. On veth
+    /// the kernel copies frames in softirq on the same cores the workers run on, so a
+    /// worker that never yields starves the very work it waits for.
+    #[default]
+    Adaptive,
+}
+
+impl PollMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            PollMode::Busy => "busy",
+            PollMode::Wakeup => "wakeup",
+            PollMode::Adaptive => "adaptive",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct WorkerConfig {
+    pub index: usize,
+    /// The core to pin to; `None` leaves placement to the scheduler.
+    pub core: Option<usize>,
+    pub poll: PollMode,
+    /// Frames taken off one rx ring per pass (≥ 32).
+    pub batch: usize,
+    /// Empty passes before an adaptive worker sleeps.
+    pub idle_spins: u32,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        WorkerConfig { index: 0, core: None, poll: PollMode::Adaptive, batch: 64, idle_spins: 256 }
+    }
+}
+
+/// The longest a sleeping worker waits before looking at its stop flag again.
+const MAX_SLEEP_MS: i32 = 50;
+
+/// The worker's side of one port: its socket and the frames staged for its tx ring.
+struct PortIo {
+    xsk: Xsk,
+    /// Descriptors produced by this pass for this port's tx ring; capacity fixed at start.
+    stage: Vec<XdpDesc>,
+}
+
+// Hot fields first (STYLE §6): everything the loop touches per pass, then the cold handles.
+pub struct Worker {
+    ports: Vec<Option<PortIo>>,
+    pool: FramePool,
+    rx_buf: Vec<XdpDesc>,
+    addr_buf: Vec<u64>,
+    umem: Umem,
+    counters: Arc<WorkerCounters>,
+    tables: Arc<ArcSwap<Tables>>,
+    shared: Arc<Shared>,
+    stop: Arc<AtomicBool>,
+    epoch: Instant,
+    config: WorkerConfig,
+}
+
+impl core::fmt::Debug for Worker {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Worker").field("config", &self.config).finish()
+    }
+}
+
+impl Worker {
+    /// `sockets[p]` is this worker's socket on port `p` (None for a port it does not serve).
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        config: WorkerConfig,
+        umem: Umem,
+        pool: FramePool,
+        sockets: Vec<Option<Xsk>>,
+        tables: Arc<ArcSwap<Tables>>,
+        shared: Arc<Shared>,
+        counters: Arc<WorkerCounters>,
+        stop: Arc<AtomicBool>,
+        epoch: Instant,
+    ) -> Self {
+        let batch = config.batch.max(32);
+        let nports = sockets.len().max(1);
+        let ports = sockets
+            .into_iter()
+            .map(|s| s.map(|xsk| PortIo { xsk, stage: Vec::with_capacity(batch * nports) }))
+            .collect();
+        let mut w = Worker {
+            ports,
+            pool,
+            rx_buf: vec![XdpDesc::default(); batch],
+            addr_buf: vec![0; batch * 2],
+            umem,
+            counters,
+            tables,
+            shared,
+            stop,
+            epoch,
+            config: WorkerConfig { batch, ..config },
+        };
+        for p in 0..w.ports.len() {
+            w.refill(p);
+        }
+        w
+    }
+
+    /// Runs until the stop flag is set. Pins the calling thread first.
+    pub fn run(mut self) {
+        if let Some(core) = self.config.core {
+            core_affinity::set_for_current(core_affinity::CoreId { id: core });
+        }
+        let mut idle: u32 = 0;
+        while !self.stop.load(Ordering::Relaxed) {
+            let moved = self.pass();
+            self.counters.polls.inc();
+            if moved > 0 {
+                self.counters.busy_polls.inc();
+                idle = 0;
+                continue;
+            }
+            idle = idle.saturating_add(1);
+            match self.config.poll {
+                PollMode::Busy => core::hint::spin_loop(),
+                PollMode::Wakeup => self.sleep(),
+                PollMode::Adaptive if idle >= self.config.idle_spins => self.sleep(),
+                PollMode::Adaptive => core::hint::spin_loop(),
+            }
+        }
+    }
+
+    /// One pass over every port: rx + pipeline, tx, completions, refill. Returns the number
+    /// of frames received or completed.
+    pub fn pass(&mut self) -> usize {
+        let tables = self.tables.load();
+        let elapsed = self.epoch.elapsed();
+        let ctx = Ctx {
+            tables: &tables,
+            shared: &self.shared,
+            counters: &self.counters,
+            now_s: elapsed.as_secs() as u32,
+            now_ns: elapsed.as_nanos() as u64,
+            trace: None,
+        };
+        let mut moved = 0;
+        for p in 0..self.ports.len() {
+            moved += Self::rx(
+                p,
+                &mut self.ports,
+                &mut self.rx_buf,
+                &self.umem,
+                &mut self.pool,
+                &ctx,
+                &self.counters,
+            );
+        }
+        for p in 0..self.ports.len() {
+            self.flush(p);
+            moved += self.reap(p);
+            self.refill(p);
+        }
+        moved
+    }
+
+    #[allow(unsafe_code)]
+    fn rx(
+        p: usize,
+        ports: &mut [Option<PortIo>],
+        rx_buf: &mut [XdpDesc],
+        umem: &Umem,
+        pool: &mut FramePool,
+        ctx: &Ctx,
+        counters: &WorkerCounters,
+    ) -> usize {
+        let Some(io) = ports[p].as_mut() else { return 0 };
+        let n = io.xsk.rx.consume(rx_buf);
+        if n == 0 {
+            return 0;
+        }
+        let pc = &counters.ports[p];
+        pc.rx_packets.add(n as u64);
+        let meta = RxMeta { port: PortId(p as u16), vlan: None };
+        for d in &rx_buf[..n] {
+            pc.rx_bytes.add(d.len as u64);
+            let chunk_base = umem.chunk_of(d.addr);
+            // SAFETY: the descriptor just came off our rx ring, so this worker owns the
+            // frame until it puts it on a tx or fill ring; no other reference to it exists.
+            let Some(chunk) = (unsafe { umem.chunk_mut(d.addr) }) else {
+                counters.dropped(DropReason::Malformed);
+                continue;
+            };
+            let mut frame = Frame::new(chunk, (d.addr - chunk_base) as usize, d.len as usize);
+            match pipeline::process(&mut frame, &meta, ctx) {
+                Action::Tx(out) => {
+                    let desc = XdpDesc {
+                        addr: chunk_base + frame.start() as u64,
+                        len: frame.len() as u32,
+                        options: 0,
+                    };
+                    match ports.get_mut(out.index()).and_then(|o| o.as_mut()) {
+                        Some(o) if o.stage.len() < o.stage.capacity() => o.stage.push(desc),
+                        Some(_) => {
+                            counters.dropped(DropReason::TxRingFull);
+                            pool.free(d.addr);
+                        }
+                        None => {
+                            counters.dropped(DropReason::PortDown);
+                            pool.free(d.addr);
+                        }
+                    }
+                }
+                Action::Drop(reason) => {
+                    counters.dropped(reason);
+                    pool.free(d.addr);
+                }
+            }
+        }
+        n
+    }
+
+    fn flush(&mut self, p: usize) {
+        let Some(io) = self.ports[p].as_mut() else { return };
+        if io.stage.is_empty() {
+            return;
+        }
+        let sent = io.xsk.tx.produce(&io.stage);
+        let pc = &self.counters.ports[p];
+        pc.tx_packets.add(sent as u64);
+        for d in &io.stage[..sent] {
+            pc.tx_bytes.add(d.len as u64);
+        }
+        for d in &io.stage[sent..] {
+            self.counters.dropped(DropReason::TxRingFull);
+            pc.drops.inc();
+            self.pool.free(d.addr);
+        }
+        io.stage.clear();
+        // Copy mode transmits inside sendto(2), a bounded number of frames per call; kick
+        // until the kernel has taken everything (a few calls per batch, never per frame).
+        for _ in 0..8 {
+            if !io.xsk.tx.needs_wakeup() || io.xsk.tx.outstanding() == 0 {
+                break;
+            }
+            io.xsk.kick_tx();
+        }
+    }
+
+    fn reap(&mut self, p: usize) -> usize {
+        let Some(io) = self.ports[p].as_mut() else { return 0 };
+        let n = io.xsk.comp.consume(&mut self.addr_buf);
+        for &a in &self.addr_buf[..n] {
+            self.pool.free(a);
+        }
+        n
+    }
+
+    fn refill(&mut self, p: usize) {
+        let Some(io) = self.ports[p].as_mut() else { return };
+        let want = (io.xsk.fill.free(self.addr_buf.len() as u32) as usize).min(self.addr_buf.len());
+        if want == 0 {
+            return;
+        }
+        let got = self.pool.alloc_into(&mut self.addr_buf[..want]);
+        let put = io.xsk.fill.produce(&self.addr_buf[..got]);
+        for &a in &self.addr_buf[put..got] {
+            self.pool.free(a);
+        }
+        if io.xsk.fill.needs_wakeup() {
+            io.xsk.kick_rx();
+        }
+    }
+
+    #[allow(unsafe_code)]
+    fn sleep(&mut self) {
+        const MAX_FDS: usize = 64;
+        let mut fds = [libc::pollfd { fd: -1, events: 0, revents: 0 }; MAX_FDS];
+        let mut n = 0;
+        for io in self.ports.iter().flatten().take(MAX_FDS) {
+            fds[n] = libc::pollfd { fd: io.xsk.fd(), events: libc::POLLIN, revents: 0 };
+            n += 1;
+        }
+        self.counters.sleeps.inc();
+        // SAFETY: fds[..n] are initialised pollfd structs on our stack.
+        unsafe { libc::poll(fds.as_mut_ptr(), n as libc::nfds_t, MAX_SLEEP_MS) };
+    }
+}
+
+impl Worker {
+    /// The descriptor of this worker's socket on port `p`, for XSKMAP registration.
+    pub fn socket_fd(&self, p: usize) -> Option<std::os::fd::RawFd> {
+        self.ports.get(p)?.as_ref().map(|io| io.xsk.fd())
+    }
+}
