@@ -205,3 +205,47 @@ pub(crate) fn detach_if_ours(
         _ => Err(Error::os(dev, "detach own XDP program", ret)),
     }
 }
+
+/// One XDP program we attached, detached on drop if it is still ours.
+#[derive(Debug)]
+pub(crate) struct OwnedAttach {
+    pub dev: String,
+    pub ifindex: u32,
+    pub prog: std::os::fd::OwnedFd,
+    pub mode: XdpMode,
+    pub attached: bool,
+}
+
+impl OwnedAttach {
+    /// Clear `dev` of any XDP program, then attach `prog`.
+    pub fn new(dev: &str, prog: std::os::fd::OwnedFd, req: ModeRequest) -> Result<Self, Error> {
+        use std::os::fd::AsFd;
+        let idx = ifindex(dev)?;
+        detach_all(dev, idx)?;
+        let mode = attach(dev, idx, prog.as_fd(), req)?;
+        Ok(OwnedAttach {
+            dev: dev.to_owned(),
+            ifindex: idx,
+            prog,
+            mode,
+            attached: true,
+        })
+    }
+
+    pub fn detach(&mut self) -> Result<bool, Error> {
+        use std::os::fd::AsFd;
+        if !self.attached {
+            return Ok(false);
+        }
+        self.attached = false;
+        detach_if_ours(&self.dev, self.ifindex, self.prog.as_fd(), self.mode)
+    }
+}
+
+impl Drop for OwnedAttach {
+    fn drop(&mut self) {
+        if let Err(e) = self.detach() {
+            eprintln!("afgate-bpf: dropping XDP attachment: {e}");
+        }
+    }
+}

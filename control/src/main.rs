@@ -7,7 +7,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "afgate", version, about = "A userspace AF_XDP dataplane for Kubernetes nodes and gateways")]
+#[command(
+    name = "afgate",
+    version,
+    about = "A userspace AF_XDP dataplane for Kubernetes nodes and gateways"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -36,7 +40,15 @@ enum Cmd {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.cmd {
-        Cmd::Run { config, stats, duration } => match run(&RunOptions { config, stats_interval: stats, duration }) {
+        Cmd::Run {
+            config,
+            stats,
+            duration,
+        } => match run(&RunOptions {
+            config,
+            stats_interval: stats,
+            duration,
+        }) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("afgate: {e:#}");

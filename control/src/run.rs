@@ -3,9 +3,9 @@
 //! everything down again.
 
 use crate::config::Config;
+use crate::runtime::{PortSpec, Runtime, RuntimeConfig};
 use crate::stats;
 use afgate_bpf::{ModeRequest, PassRule, SteerConfig};
-use afgate_dataplane::runtime::{PortSpec, Runtime, RuntimeConfig};
 use afgate_dataplane::sys;
 use afgate_dataplane::tables::Shared;
 use afgate_dataplane::worker::WorkerConfig;
@@ -55,7 +55,11 @@ pub fn runtime_config(cfg: &Config) -> RuntimeConfig {
                     passthru: cfg
                         .passthrough
                         .iter()
-                        .map(|r| PassRule { addr: r.addr, port: r.port, proto: r.proto.number() })
+                        .map(|r| PassRule {
+                            addr: r.addr,
+                            port: r.port,
+                            proto: r.proto.number(),
+                        })
                         .collect(),
                 },
             })
@@ -72,18 +76,32 @@ pub fn runtime_config(cfg: &Config) -> RuntimeConfig {
                 idle_spins: w.idle_spins,
             })
             .collect(),
-        layout: UmemLayout { frame_size: 4096, frames: w.frames, fill_size: w.ring_size, comp_size: w.ring_size },
-        rings: RingSizes { rx: w.ring_size, tx: w.ring_size },
+        layout: UmemLayout {
+            frame_size: 4096,
+            frames: w.frames,
+            fill_size: w.ring_size,
+            comp_size: w.ring_size,
+        },
+        rings: RingSizes {
+            rx: w.ring_size,
+            tx: w.ring_size,
+        },
         bind,
     }
 }
 
 pub fn run(opts: &RunOptions) -> anyhow::Result<()> {
     let cfg = Config::load(&opts.config)?;
-    let ncpu = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let ncpu = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
     for (i, c) in cfg.workers.cores.iter().enumerate() {
         if *c >= ncpu {
-            bail!("{}: workers.cores[{i}]: core {c} does not exist; this machine has cores 0-{}", opts.config.display(), ncpu - 1);
+            bail!(
+                "{}: workers.cores[{i}]: core {c} does not exist; this machine has cores 0-{}",
+                opts.config.display(),
+                ncpu - 1
+            );
         }
     }
     let tables = cfg
@@ -119,12 +137,23 @@ pub fn run(opts: &RunOptions) -> anyhow::Result<()> {
             a.device,
             a.ifindex,
             a.xdp_mode,
-            if a.replaced_stale { " (replaced a stale program)" } else { "" },
+            if a.replaced_stale {
+                " (replaced a stale program)"
+            } else {
+                ""
+            },
             if zc { "zero-copy" } else { "copy" },
-            a.sockets.iter().map(|s| format!("{}→worker {}", s.1, s.0)).collect::<Vec<_>>().join(", "),
+            a.sockets
+                .iter()
+                .map(|s| format!("{}→worker {}", s.1, s.0))
+                .collect::<Vec<_>>()
+                .join(", "),
         );
     }
-    println!("afgate: {nworkers} worker(s) on cores {:?}, poll {:?}", cfg.workers.cores, poll);
+    println!(
+        "afgate: {nworkers} worker(s) on cores {:?}, poll {:?}",
+        cfg.workers.cores, poll
+    );
     println!("afgate: ready");
     std::io::stdout().flush().ok();
 
@@ -133,10 +162,16 @@ pub fn run(opts: &RunOptions) -> anyhow::Result<()> {
         signal_hook::flag::register(sig, term.clone())?;
     }
     let start = Instant::now();
-    let mut last = (Instant::now(), stats::collect(&rt.counters, &rt.tables.load()));
+    let mut last = (
+        Instant::now(),
+        stats::collect(&rt.counters, &rt.tables.load()),
+    );
     while !term.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(50));
-        if opts.duration.is_some_and(|d| start.elapsed().as_secs_f64() >= d) {
+        if opts
+            .duration
+            .is_some_and(|d| start.elapsed().as_secs_f64() >= d)
+        {
             break;
         }
         if let Some(iv) = opts.stats_interval
@@ -148,13 +183,19 @@ pub fn run(opts: &RunOptions) -> anyhow::Result<()> {
         }
     }
     let final_stats = stats::collect(&rt.counters, &rt.tables.load());
-    println!("afgate: final-stats {}", serde_json::to_string(&final_stats)?);
+    println!(
+        "afgate: final-stats {}",
+        serde_json::to_string(&final_stats)?
+    );
     let nports = rt.attached.len();
     let errors = rt.stop();
     for e in &errors {
         eprintln!("afgate: {e}");
     }
-    println!("afgate: stopped; detached XDP from {} of {nports} port(s)", nports - errors.len());
+    println!(
+        "afgate: stopped; detached XDP from {} of {nports} port(s)",
+        nports - errors.len()
+    );
     Ok(())
 }
 
@@ -166,7 +207,12 @@ fn print_rates(before: &stats::Stats, now: &stats::Stats, secs: f64) {
         let tx = (p.tx_packets - b.tx_packets) as f64 / secs;
         line += &format!("  {name}: rx {rx:.0} pps tx {tx:.0} pps");
     }
-    let drops: u64 = now.drops.iter().filter(|(k, _)| **k != "consumed").map(|(_, v)| v).sum();
+    let drops: u64 = now
+        .drops
+        .iter()
+        .filter(|(k, _)| **k != "consumed")
+        .map(|(_, v)| v)
+        .sum();
     line += &format!("  drops {drops}");
     println!("{line}");
 }

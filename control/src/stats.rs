@@ -56,7 +56,11 @@ pub fn collect(workers: &[Arc<WorkerCounters>], tables: &Tables) -> Stats {
         .iter()
         .map(|w| {
             let polls = w.polls.get();
-            if polls == 0 { 0.0 } else { w.busy_polls.get() as f64 / polls as f64 }
+            if polls == 0 {
+                0.0
+            } else {
+                w.busy_polls.get() as f64 / polls as f64
+            }
         })
         .collect();
     s

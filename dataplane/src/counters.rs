@@ -163,7 +163,11 @@ mod tests {
         let mut names: Vec<_> = DropReason::ALL.iter().map(|r| r.name()).collect();
         names.extend(Event::ALL.iter().map(|e| e.name()));
         for n in &names {
-            assert!(n.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'), "{n}");
+            assert!(
+                n.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'),
+                "{n}"
+            );
         }
         let total = names.len();
         names.sort();

@@ -102,7 +102,8 @@ impl<'a> Frame<'a> {
         if at > self.len || !self.push_front(by) {
             return false;
         }
-        self.buf.copy_within(self.start + by..self.start + by + at, self.start);
+        self.buf
+            .copy_within(self.start + by..self.start + by + at, self.start);
         true
     }
 
@@ -114,7 +115,8 @@ impl<'a> Frame<'a> {
         if at.checked_add(by).is_none_or(|end| end > self.len) {
             return false;
         }
-        self.buf.copy_within(self.start..self.start + at, self.start + by);
+        self.buf
+            .copy_within(self.start..self.start + at, self.start + by);
         self.start += by;
         self.len -= by;
         true

@@ -11,9 +11,8 @@
 pub mod counters;
 pub mod frame;
 pub mod pipeline;
+pub mod sys;
 pub mod tables;
 pub mod wire;
-pub mod runtime;
-pub mod sys;
 pub mod worker;
 pub mod xsk;

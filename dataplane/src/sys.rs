@@ -5,7 +5,10 @@ use std::io;
 
 fn read(dev: &str, attr: &str) -> io::Result<String> {
     if dev.is_empty() || dev.contains('/') || dev.starts_with('.') {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("bad device name {dev:?}")));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("bad device name {dev:?}"),
+        ));
     }
     std::fs::read_to_string(format!("/sys/class/net/{dev}/{attr}"))
         .map(|s| s.trim().to_string())
@@ -18,14 +21,19 @@ pub fn device_mac(dev: &str) -> io::Result<[u8; 6]> {
     let mut mac = [0u8; 6];
     let mut parts = text.split(':');
     for b in mac.iter_mut() {
-        let part = parts.next().ok_or_else(|| io::Error::other(format!("device {dev}: bad address {text}")))?;
-        *b = u8::from_str_radix(part, 16).map_err(|_| io::Error::other(format!("device {dev}: bad address {text}")))?;
+        let part = parts
+            .next()
+            .ok_or_else(|| io::Error::other(format!("device {dev}: bad address {text}")))?;
+        *b = u8::from_str_radix(part, 16)
+            .map_err(|_| io::Error::other(format!("device {dev}: bad address {text}")))?;
     }
     Ok(mac)
 }
 
 pub fn device_mtu(dev: &str) -> io::Result<u16> {
-    read(dev, "mtu")?.parse().map_err(|_| io::Error::other(format!("device {dev}: bad mtu")))
+    read(dev, "mtu")?
+        .parse()
+        .map_err(|_| io::Error::other(format!("device {dev}: bad mtu")))
 }
 
 /// Number of rx queues the device has (veth: as created with `numrxqueues`).

@@ -50,7 +50,13 @@ pub struct WorkerConfig {
 
 impl Default for WorkerConfig {
     fn default() -> Self {
-        WorkerConfig { index: 0, core: None, poll: PollMode::Adaptive, batch: 64, idle_spins: 256 }
+        WorkerConfig {
+            index: 0,
+            core: None,
+            poll: PollMode::Adaptive,
+            batch: 64,
+            idle_spins: 256,
+        }
     }
 }
 
@@ -81,7 +87,9 @@ pub struct Worker {
 
 impl core::fmt::Debug for Worker {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("Worker").field("config", &self.config).finish()
+        f.debug_struct("Worker")
+            .field("config", &self.config)
+            .finish()
     }
 }
 
@@ -103,7 +111,12 @@ impl Worker {
         let nports = sockets.len().max(1);
         let ports = sockets
             .into_iter()
-            .map(|s| s.map(|xsk| PortIo { xsk, stage: Vec::with_capacity(batch * nports) }))
+            .map(|s| {
+                s.map(|xsk| PortIo {
+                    xsk,
+                    stage: Vec::with_capacity(batch * nports),
+                })
+            })
             .collect();
         let mut w = Worker {
             ports,
@@ -191,14 +204,19 @@ impl Worker {
         ctx: &Ctx,
         counters: &WorkerCounters,
     ) -> usize {
-        let Some(io) = ports[p].as_mut() else { return 0 };
+        let Some(io) = ports[p].as_mut() else {
+            return 0;
+        };
         let n = io.xsk.rx.consume(rx_buf);
         if n == 0 {
             return 0;
         }
         let pc = &counters.ports[p];
         pc.rx_packets.add(n as u64);
-        let meta = RxMeta { port: PortId(p as u16), vlan: None };
+        let meta = RxMeta {
+            port: PortId(p as u16),
+            vlan: None,
+        };
         for d in &rx_buf[..n] {
             pc.rx_bytes.add(d.len as u64);
             let chunk_base = umem.chunk_of(d.addr);
@@ -238,7 +256,9 @@ impl Worker {
     }
 
     fn flush(&mut self, p: usize) {
-        let Some(io) = self.ports[p].as_mut() else { return };
+        let Some(io) = self.ports[p].as_mut() else {
+            return;
+        };
         if io.stage.is_empty() {
             return;
         }
@@ -265,7 +285,9 @@ impl Worker {
     }
 
     fn reap(&mut self, p: usize) -> usize {
-        let Some(io) = self.ports[p].as_mut() else { return 0 };
+        let Some(io) = self.ports[p].as_mut() else {
+            return 0;
+        };
         let n = io.xsk.comp.consume(&mut self.addr_buf);
         for &a in &self.addr_buf[..n] {
             self.pool.free(a);
@@ -274,7 +296,9 @@ impl Worker {
     }
 
     fn refill(&mut self, p: usize) {
-        let Some(io) = self.ports[p].as_mut() else { return };
+        let Some(io) = self.ports[p].as_mut() else {
+            return;
+        };
         let want = (io.xsk.fill.free(self.addr_buf.len() as u32) as usize).min(self.addr_buf.len());
         if want == 0 {
             return;
@@ -292,10 +316,18 @@ impl Worker {
     #[allow(unsafe_code)]
     fn sleep(&mut self) {
         const MAX_FDS: usize = 64;
-        let mut fds = [libc::pollfd { fd: -1, events: 0, revents: 0 }; MAX_FDS];
+        let mut fds = [libc::pollfd {
+            fd: -1,
+            events: 0,
+            revents: 0,
+        }; MAX_FDS];
         let mut n = 0;
         for io in self.ports.iter().flatten().take(MAX_FDS) {
-            fds[n] = libc::pollfd { fd: io.xsk.fd(), events: libc::POLLIN, revents: 0 };
+            fds[n] = libc::pollfd {
+                fd: io.xsk.fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
             n += 1;
         }
         self.counters.sleeps.inc();

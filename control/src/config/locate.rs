@@ -16,7 +16,10 @@ pub enum Step {
 pub fn parse_path(path: &str) -> Vec<Step> {
     let mut steps = Vec::new();
     for part in path.split('.') {
-        let (key, rest) = part.split_once('[').map(|(k, r)| (k, Some(r))).unwrap_or((part, None));
+        let (key, rest) = part
+            .split_once('[')
+            .map(|(k, r)| (k, Some(r)))
+            .unwrap_or((part, None));
         if !key.is_empty() {
             steps.push(Step::Key(key.to_string()));
         }
@@ -33,8 +36,13 @@ pub fn parse_path(path: &str) -> Vec<Step> {
 
 #[derive(Debug)]
 enum Frame {
-    Map { key: Option<String>, expecting_key: bool },
-    Seq { index: usize },
+    Map {
+        key: Option<String>,
+        expecting_key: bool,
+    },
+    Seq {
+        index: usize,
+    },
 }
 
 struct Finder {
@@ -51,7 +59,10 @@ impl Finder {
         self.stack
             .iter()
             .filter_map(|f| match f {
-                Frame::Map { key: Some(k), expecting_key: false } => Some(Step::Key(k.clone())),
+                Frame::Map {
+                    key: Some(k),
+                    expecting_key: false,
+                } => Some(Step::Key(k.clone())),
                 Frame::Seq { index } => Some(Step::Index(*index)),
                 _ => None,
             })
@@ -107,7 +118,10 @@ impl MarkedEventReceiver for Finder {
         match ev {
             Event::MappingStart(..) => {
                 self.note(mark);
-                self.stack.push(Frame::Map { key: None, expecting_key: true });
+                self.stack.push(Frame::Map {
+                    key: None,
+                    expecting_key: true,
+                });
             }
             Event::SequenceStart(..) => {
                 self.note(mark);
@@ -129,7 +143,12 @@ impl MarkedEventReceiver for Finder {
 /// The 1-based line of `path` in `text`; if the path does not exist (a missing field), the
 /// line of its deepest existing ancestor.
 pub fn line_of(text: &str, path: &str) -> Option<usize> {
-    let mut f = Finder { target: parse_path(path), stack: Vec::new(), found: None, best: (0, None) };
+    let mut f = Finder {
+        target: parse_path(path),
+        stack: Vec::new(),
+        found: None,
+        best: (0, None),
+    };
     let mut parser = Parser::new_from_str(text);
     parser.load(&mut f, false).ok()?;
     f.found.or(f.best.1).map(|m| m.line())
@@ -157,6 +176,9 @@ mod tests {
 
     #[test]
     fn paths_parse() {
-        assert_eq!(parse_path("a[2].b"), vec![Step::Key("a".into()), Step::Index(2), Step::Key("b".into())]);
+        assert_eq!(
+            parse_path("a[2].b"),
+            vec![Step::Key("a".into()), Step::Index(2), Step::Key("b".into())]
+        );
     }
 }

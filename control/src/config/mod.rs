@@ -64,10 +64,20 @@ impl std::error::Error for ConfigErrors {}
 impl Config {
     /// Reads and validates `path`.
     pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
-        let whole = |message: String| ConfigErrors(vec![ConfigError { file: path.into(), line: None, field: String::new(), message }]);
+        let whole = |message: String| {
+            ConfigErrors(vec![ConfigError {
+                file: path.into(),
+                line: None,
+                field: String::new(),
+                message,
+            }])
+        };
         let meta = std::fs::metadata(path).map_err(|e| whole(format!("cannot read: {e}")))?;
         if meta.len() as usize > MAX_CONFIG_BYTES {
-            return Err(whole(format!("file is {} bytes; the limit is {MAX_CONFIG_BYTES}", meta.len())));
+            return Err(whole(format!(
+                "file is {} bytes; the limit is {MAX_CONFIG_BYTES}",
+                meta.len()
+            )));
         }
         let text = std::fs::read_to_string(path).map_err(|e| whole(format!("cannot read: {e}")))?;
         Config::parse(&text, path)
@@ -80,21 +90,32 @@ impl Config {
                 file: file.into(),
                 line: None,
                 field: String::new(),
-                message: format!("document is {} bytes; the limit is {MAX_CONFIG_BYTES}", text.len()),
+                message: format!(
+                    "document is {} bytes; the limit is {MAX_CONFIG_BYTES}",
+                    text.len()
+                ),
             }]));
         }
         let de = serde_yaml_ng::Deserializer::from_str(text);
         let config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
             let field = e.path().to_string();
             let inner = e.inner();
-            let line = inner.location().map(|l| l.line()).or_else(|| locate::line_of(text, &field));
+            let line = inner
+                .location()
+                .map(|l| l.line())
+                .or_else(|| locate::line_of(text, &field));
             // serde_yaml_ng appends its own position; we print ours in front instead.
             let mut message = inner.to_string();
             if let Some(i) = message.find(" at line ") {
                 message.truncate(i);
             }
             let field = if field == "." { String::new() } else { field };
-            ConfigErrors(vec![ConfigError { file: file.into(), line, field, message }])
+            ConfigErrors(vec![ConfigError {
+                file: file.into(),
+                line,
+                field,
+                message,
+            }])
         })?;
         let problems = config.validate();
         if problems.is_empty() {
@@ -103,7 +124,12 @@ impl Config {
         Err(ConfigErrors(
             problems
                 .into_iter()
-                .map(|(field, message)| ConfigError { file: file.into(), line: locate::line_of(text, &field), field, message })
+                .map(|(field, message)| ConfigError {
+                    file: file.into(),
+                    line: locate::line_of(text, &field),
+                    field,
+                    message,
+                })
                 .collect(),
         ))
     }

@@ -23,7 +23,9 @@ passthrough:
 "#;
 
 fn errors(text: &str) -> Vec<ConfigError> {
-    Config::parse(text, Path::new("node.yaml")).expect_err("should be rejected").0
+    Config::parse(text, Path::new("node.yaml"))
+        .expect_err("should be rejected")
+        .0
 }
 
 #[test]
@@ -41,13 +43,20 @@ fn lab_config_parses_and_builds_tables() {
 
 #[test]
 fn bad_value_names_file_line_and_field() {
-    let text = GOOD.replace("addresses: [10.186.153.103/24]", "addresses: [10.186.153.103/33]");
+    let text = GOOD.replace(
+        "addresses: [10.186.153.103/24]",
+        "addresses: [10.186.153.103/33]",
+    );
     let e = &errors(&text)[0];
     assert_eq!(e.file, Path::new("node.yaml"));
     assert_eq!(e.line, Some(10));
     assert_eq!(e.field, "ports[0].addresses[0]");
     assert!(e.message.contains("a.b.c.d/len"), "{}", e.message);
-    assert!(e.to_string().starts_with("node.yaml:10: ports[0].addresses[0]: "), "{e}");
+    assert!(
+        e.to_string()
+            .starts_with("node.yaml:10: ports[0].addresses[0]: "),
+        "{e}"
+    );
 }
 
 #[test]
@@ -55,7 +64,11 @@ fn unknown_field_is_rejected() {
     let text = GOOD.replace("    role: pod\n", "    role: pod\n    colour: blue\n");
     let e = &errors(&text)[0];
     assert_eq!(e.field, "ports[1]");
-    assert!(e.message.contains("unknown field `colour`"), "{}", e.message);
+    assert!(
+        e.message.contains("unknown field `colour`"),
+        "{}",
+        e.message
+    );
     assert_eq!(e.line, Some(14));
 }
 
@@ -64,12 +77,19 @@ fn unknown_enum_value_lists_allowed() {
     let text = GOOD.replace("role: pod", "role: pods");
     let e = &errors(&text)[0];
     assert_eq!(e.field, "ports[1].role");
-    assert!(e.message.contains("uplink") && e.message.contains("pod"), "{}", e.message);
+    assert!(
+        e.message.contains("uplink") && e.message.contains("pod"),
+        "{}",
+        e.message
+    );
 }
 
 #[test]
 fn dangling_reference_points_at_its_line() {
-    let text = GOOD.replace("{ dst: 10.20.9.60/32, dev: pod60 }", "{ dst: 10.20.9.60/32, dev: pod61 }");
+    let text = GOOD.replace(
+        "{ dst: 10.20.9.60/32, dev: pod60 }",
+        "{ dst: 10.20.9.60/32, dev: pod61 }",
+    );
     let e = &errors(&text)[0];
     assert_eq!(e.field, "routes[0].dev");
     assert_eq!(e.line, Some(16));
@@ -78,9 +98,10 @@ fn dangling_reference_points_at_its_line() {
 
 #[test]
 fn every_problem_is_reported() {
-    let text = GOOD
-        .replace("cores: [0]", "cores: [0, 0]")
-        .replace("name: pod60\n    device: pod60", "name: biz\n    device: biz");
+    let text = GOOD.replace("cores: [0]", "cores: [0, 0]").replace(
+        "name: pod60\n    device: pod60",
+        "name: biz\n    device: biz",
+    );
     let es = errors(&text);
     let fields: Vec<_> = es.iter().map(|e| e.field.as_str()).collect();
     assert!(fields.contains(&"workers.cores[1]"), "{fields:?}");

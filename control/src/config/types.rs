@@ -16,9 +16,11 @@ pub struct Cidr(pub Ipv4Cidr);
 impl<'de> Deserialize<'de> for Cidr {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
-        Ipv4Cidr::from_str(&s)
-            .map(Cidr)
-            .map_err(|_| serde::de::Error::custom(format!("{s:?} is not an IPv4 prefix; write it as a.b.c.d/len with len 0-32")))
+        Ipv4Cidr::from_str(&s).map(Cidr).map_err(|_| {
+            serde::de::Error::custom(format!(
+                "{s:?} is not an IPv4 prefix; write it as a.b.c.d/len with len 0-32"
+            ))
+        })
     }
 }
 
@@ -37,7 +39,11 @@ impl<'de> Deserialize<'de> for Mac {
         let s = String::deserialize(d)?;
         EthernetAddress::from_str(&s)
             .map(|m| Mac(m.0))
-            .map_err(|_| serde::de::Error::custom(format!("{s:?} is not a MAC address; write it as aa:bb:cc:dd:ee:ff")))
+            .map_err(|_| {
+                serde::de::Error::custom(format!(
+                    "{s:?} is not a MAC address; write it as aa:bb:cc:dd:ee:ff"
+                ))
+            })
     }
 }
 
@@ -275,7 +281,10 @@ pub struct PassCfg {
 }
 
 fn valid_name(s: &str) -> bool {
-    !s.is_empty() && s.len() <= 15 && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    !s.is_empty()
+        && s.len() <= 15
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
 }
 
 impl Config {
@@ -290,32 +299,56 @@ impl Config {
         let mut seen = HashSet::new();
         for (i, c) in w.cores.iter().enumerate() {
             if *c >= 1024 {
-                err(format!("workers.cores[{i}]"), format!("core {c} is out of range 0-1023"));
+                err(
+                    format!("workers.cores[{i}]"),
+                    format!("core {c} is out of range 0-1023"),
+                );
             }
             if !seen.insert(c) {
-                err(format!("workers.cores[{i}]"), format!("core {c} is listed twice; one worker per core"));
+                err(
+                    format!("workers.cores[{i}]"),
+                    format!("core {c} is listed twice; one worker per core"),
+                );
             }
         }
         if !(32..=1024).contains(&w.batch) {
-            err("workers.batch".into(), format!("{} is out of range; allowed: 32-1024", w.batch));
+            err(
+                "workers.batch".into(),
+                format!("{} is out of range; allowed: 32-1024", w.batch),
+            );
         }
         if !w.frames.is_power_of_two() || !(1024..=262_144).contains(&w.frames) {
-            err("workers.frames".into(), format!("{} is not allowed; a power of two in 1024-262144", w.frames));
+            err(
+                "workers.frames".into(),
+                format!("{} is not allowed; a power of two in 1024-262144", w.frames),
+            );
         }
         if !w.ring_size.is_power_of_two() || !(64..=16_384).contains(&w.ring_size) {
-            err("workers.ring_size".into(), format!("{} is not allowed; a power of two in 64-16384", w.ring_size));
+            err(
+                "workers.ring_size".into(),
+                format!("{} is not allowed; a power of two in 64-16384", w.ring_size),
+            );
         }
         if self.ports.is_empty() {
             err("ports".into(), "at least one port is needed".into());
         }
         if self.ports.len() > 64 {
-            err("ports".into(), format!("{} ports; at most 64 are supported", self.ports.len()));
+            err(
+                "ports".into(),
+                format!("{} ports; at most 64 are supported", self.ports.len()),
+            );
         }
         let needed = self.ports.len() as u64 * 2 * w.ring_size as u64;
         if (w.frames as u64) < needed {
             err(
                 "workers.frames".into(),
-                format!("{} frames cannot stock {} ports' fill and tx rings of {}; use at least {}", w.frames, self.ports.len(), w.ring_size, needed.next_power_of_two()),
+                format!(
+                    "{} frames cannot stock {} ports' fill and tx rings of {}; use at least {}",
+                    w.frames,
+                    self.ports.len(),
+                    w.ring_size,
+                    needed.next_power_of_two()
+                ),
             );
         }
         let mut names = HashSet::new();
@@ -323,29 +356,57 @@ impl Config {
         let mut addrs = HashSet::new();
         for (i, p) in self.ports.iter().enumerate() {
             if !valid_name(&p.name) {
-                err(format!("ports[{i}].name"), format!("{:?} is not a valid name: 1-15 of a-z A-Z 0-9 - _ .", p.name));
+                err(
+                    format!("ports[{i}].name"),
+                    format!(
+                        "{:?} is not a valid name: 1-15 of a-z A-Z 0-9 - _ .",
+                        p.name
+                    ),
+                );
             }
             if !names.insert(p.name.as_str()) {
-                err(format!("ports[{i}].name"), format!("port name {:?} is used twice", p.name));
+                err(
+                    format!("ports[{i}].name"),
+                    format!("port name {:?} is used twice", p.name),
+                );
             }
             if !valid_name(&p.device) {
-                err(format!("ports[{i}].device"), format!("{:?} is not a valid device name: 1-15 of a-z A-Z 0-9 - _ .", p.device));
+                err(
+                    format!("ports[{i}].device"),
+                    format!(
+                        "{:?} is not a valid device name: 1-15 of a-z A-Z 0-9 - _ .",
+                        p.device
+                    ),
+                );
             }
             if !devices.insert(p.device.as_str()) {
-                err(format!("ports[{i}].device"), format!("device {:?} is used by two ports", p.device));
+                err(
+                    format!("ports[{i}].device"),
+                    format!("device {:?} is used by two ports", p.device),
+                );
             }
             if let Some(m) = p.mtu
                 && !(68..=9000).contains(&m)
             {
-                err(format!("ports[{i}].mtu"), format!("{m} is out of range; allowed: 68-9000"));
+                err(
+                    format!("ports[{i}].mtu"),
+                    format!("{m} is out of range; allowed: 68-9000"),
+                );
             }
             for (j, a) in p.addresses.iter().enumerate() {
                 let ip = a.0.address();
-                if ip.is_unspecified() || ip.is_broadcast() || ip.is_multicast() || ip.is_loopback() {
-                    err(format!("ports[{i}].addresses[{j}]"), format!("{ip} cannot be a node address"));
+                if ip.is_unspecified() || ip.is_broadcast() || ip.is_multicast() || ip.is_loopback()
+                {
+                    err(
+                        format!("ports[{i}].addresses[{j}]"),
+                        format!("{ip} cannot be a node address"),
+                    );
                 }
                 if !addrs.insert(ip) {
-                    err(format!("ports[{i}].addresses[{j}]"), format!("{ip} is configured twice"));
+                    err(
+                        format!("ports[{i}].addresses[{j}]"),
+                        format!("{ip} is configured twice"),
+                    );
                 }
             }
         }
@@ -354,12 +415,24 @@ impl Config {
         for (i, r) in self.routes.iter().enumerate() {
             let net = r.dst.0.network();
             if !dsts.insert((net.address(), net.prefix_len())) {
-                err(format!("routes[{i}].dst"), format!("a route to {net} is configured twice"));
+                err(
+                    format!("routes[{i}].dst"),
+                    format!("a route to {net} is configured twice"),
+                );
             }
             match (&r.dev, r.nexthops.is_empty()) {
-                (Some(_), false) => err(format!("routes[{i}]"), "give either dev/via or nexthops, not both".into()),
-                (None, true) => err(format!("routes[{i}].dev"), "missing: give dev (and optional via) or nexthops".into()),
-                (None, false) if r.via.is_some() => err(format!("routes[{i}].via"), "with nexthops, give via inside each next hop".into()),
+                (Some(_), false) => err(
+                    format!("routes[{i}]"),
+                    "give either dev/via or nexthops, not both".into(),
+                ),
+                (None, true) => err(
+                    format!("routes[{i}].dev"),
+                    "missing: give dev (and optional via) or nexthops".into(),
+                ),
+                (None, false) if r.via.is_some() => err(
+                    format!("routes[{i}].via"),
+                    "with nexthops, give via inside each next hop".into(),
+                ),
                 _ => {}
             }
             if let Some(d) = &r.dev
@@ -369,28 +442,43 @@ impl Config {
             }
             for (j, nh) in r.nexthops.iter().enumerate() {
                 if !port_exists(&nh.dev) {
-                    err(format!("routes[{i}].nexthops[{j}].dev"), format!("no port named {:?}", nh.dev));
+                    err(
+                        format!("routes[{i}].nexthops[{j}].dev"),
+                        format!("no port named {:?}", nh.dev),
+                    );
                 }
             }
         }
         for (i, n) in self.neighbors.iter().enumerate() {
             if !port_exists(&n.dev) {
-                err(format!("neighbors[{i}].dev"), format!("no port named {:?}", n.dev));
+                err(
+                    format!("neighbors[{i}].dev"),
+                    format!("no port named {:?}", n.dev),
+                );
             }
             if !EthernetAddress(n.mac.0).is_unicast() {
-                err(format!("neighbors[{i}].mac"), format!("{} is not a unicast MAC", EthernetAddress(n.mac.0)));
+                err(
+                    format!("neighbors[{i}].mac"),
+                    format!("{} is not a unicast MAC", EthernetAddress(n.mac.0)),
+                );
             }
         }
         errs
     }
 
     pub fn port_id(&self, name: &str) -> Option<PortId> {
-        self.ports.iter().position(|p| p.name == name).map(|i| PortId(i as u16))
+        self.ports
+            .iter()
+            .position(|p| p.name == name)
+            .map(|i| PortId(i as u16))
     }
 
     /// Builds the dataplane tables. `device` tells each port's MAC and MTU (from the
     /// system when running; made up by `check`).
-    pub fn tables(&self, device: &dyn Fn(&str) -> std::io::Result<([u8; 6], u16)>) -> std::io::Result<Tables> {
+    pub fn tables(
+        &self,
+        device: &dyn Fn(&str) -> std::io::Result<([u8; 6], u16)>,
+    ) -> std::io::Result<Tables> {
         let mut ports = Vec::with_capacity(self.ports.len());
         let mut tables = Tables::default();
         tables.fib = afgate_dataplane::tables::Fib::new();
@@ -403,7 +491,11 @@ impl Config {
                 device: p.device.clone(),
                 role: p.role.into(),
                 mac,
-                addrs: p.addresses.iter().map(|a| (a.0.address(), a.0.prefix_len())).collect(),
+                addrs: p
+                    .addresses
+                    .iter()
+                    .map(|a| (a.0.address(), a.0.prefix_len()))
+                    .collect(),
                 mtu: p.mtu.unwrap_or(dev_mtu),
             });
             for a in &p.addresses {
@@ -411,18 +503,31 @@ impl Config {
                 let net = a.0.network();
                 // Connected route, unless a static route to the same prefix overrides it.
                 if tables.fib.get(net.address(), net.prefix_len()).is_none() {
-                    tables.fib.insert(net.address(), net.prefix_len(), vec![NextHop { port: id, via: None }]);
+                    tables.fib.insert(
+                        net.address(),
+                        net.prefix_len(),
+                        vec![NextHop {
+                            port: id,
+                            via: None,
+                        }],
+                    );
                 }
             }
         }
         tables.ports = Ports::new(ports);
         for r in &self.routes {
             let nexthops = match &r.dev {
-                Some(dev) => vec![NextHop { port: self.port_id(dev).unwrap_or_default(), via: r.via }],
+                Some(dev) => vec![NextHop {
+                    port: self.port_id(dev).unwrap_or_default(),
+                    via: r.via,
+                }],
                 None => r
                     .nexthops
                     .iter()
-                    .map(|nh| NextHop { port: self.port_id(&nh.dev).unwrap_or_default(), via: nh.via })
+                    .map(|nh| NextHop {
+                        port: self.port_id(&nh.dev).unwrap_or_default(),
+                        via: nh.via,
+                    })
                     .collect(),
             };
             let net = r.dst.0.network();
@@ -433,6 +538,9 @@ impl Config {
 
     /// Static neighbours as (ip, mac, port).
     pub fn static_neighbours(&self) -> Vec<(Ipv4Addr, [u8; 6], PortId)> {
-        self.neighbors.iter().filter_map(|n| Some((n.ip, n.mac.0, self.port_id(&n.dev)?))).collect()
+        self.neighbors
+            .iter()
+            .filter_map(|n| Some((n.ip, n.mac.0, self.port_id(&n.dev)?)))
+            .collect()
     }
 }

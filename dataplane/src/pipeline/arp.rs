@@ -25,7 +25,10 @@ pub fn run(frame: &mut Frame, meta: &RxMeta, ctx: &Ctx) -> Action {
         && !sender.is_unspecified()
         && !ctx.tables.is_local(sender)
         && req.source_hardware_addr.is_unicast()
-        && ctx.shared.neigh.learn(sender, req.source_hardware_addr.0, meta.port, ctx.now_s)
+        && ctx
+            .shared
+            .neigh
+            .learn(sender, req.source_hardware_addr.0, meta.port, ctx.now_s)
     {
         ctx.counters.event(crate::counters::Event::ArpLearned);
     }
@@ -52,7 +55,9 @@ pub fn run(frame: &mut Frame, meta: &RxMeta, ctx: &Ctx) -> Action {
     let mut eth = EthernetFrame::new_unchecked(frame.data_mut());
     eth.set_dst_addr(req.source_hardware_addr);
     eth.set_src_addr(EthernetAddress(port.mac));
-    reply.emit(&mut ArpPacket::new_unchecked(&mut frame.data_mut()[ethernet::HEADER_LEN..]));
+    reply.emit(&mut ArpPacket::new_unchecked(
+        &mut frame.data_mut()[ethernet::HEADER_LEN..],
+    ));
     ctx.counters.event(event);
     Action::Tx(meta.port)
 }
@@ -122,6 +127,9 @@ mod tests {
         let lab = Lab::new();
         let mut f = request(POD60_MAC, POD60_IP, POD_GATEWAY);
         f.truncate(30);
-        assert_eq!(lab.run(POD60, f).action, Action::Drop(DropReason::Malformed));
+        assert_eq!(
+            lab.run(POD60, f).action,
+            Action::Drop(DropReason::Malformed)
+        );
     }
 }

@@ -18,7 +18,14 @@ pub fn run(frame: &mut Frame, meta: &RxMeta, ctx: &Ctx) -> Action {
         crate::trace_step!(ctx, "classify", "dst MAC {dst} is not port {}'s", port.name);
         return Action::Drop(DropReason::OtherMac);
     }
-    crate::trace_step!(ctx, "classify", "port {} ({}), ethertype {:?}", port.name, port.role.name(), eth.ethertype());
+    crate::trace_step!(
+        ctx,
+        "classify",
+        "port {} ({}), ethertype {:?}",
+        port.name,
+        port.role.name(),
+        eth.ethertype()
+    );
     match eth.ethertype() {
         EtherType::Arp => arp::run(frame, meta, ctx),
         EtherType::Ipv4 => ipv4(frame, meta, ctx),

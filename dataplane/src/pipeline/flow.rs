@@ -13,7 +13,11 @@ pub fn hash_v4(ip: &Ipv4Packet<&[u8]>) -> u32 {
     let ports = match ip.next_header() {
         IpProtocol::Tcp | IpProtocol::Udp if !ip.is_fragment() => {
             let p = ip.payload();
-            if p.len() >= 4 { u32::from_be_bytes([p[0], p[1], p[2], p[3]]) } else { 0 }
+            if p.len() >= 4 {
+                u32::from_be_bytes([p[0], p[1], p[2], p[3]])
+            } else {
+                0
+            }
         }
         _ => 0,
     };

@@ -6,19 +6,30 @@ use super::{Action, Ctx, RxMeta, route};
 use crate::counters::Event;
 use crate::frame::Frame;
 use crate::wire::icmp::Message;
-use crate::wire::{EtherType, EthernetAddress, EthernetFrame, IcmpPacket, IpProtocol, Ipv4Packet, Ipv4Repr, ethernet, ipv4};
+use crate::wire::{
+    EtherType, EthernetAddress, EthernetFrame, IcmpPacket, IpProtocol, Ipv4Packet, Ipv4Repr,
+    ethernet, ipv4,
+};
 
 const ICMP_HEADER: usize = crate::wire::icmp::HEADER_LEN;
 
 /// Replaces `frame` by an ICMP error of `msg`/`code` about it. `None` when no error may be
 /// sent (RFC 1812 §4.3.2.7: not about ICMP errors, non-first fragments, or packets from a
 /// broadcast, multicast or unspecified source).
-pub fn error(frame: &mut Frame, meta: &RxMeta, ctx: &Ctx, msg: Message, code: u8, rest: [u8; 4]) -> Option<Action> {
+pub fn error(
+    frame: &mut Frame,
+    meta: &RxMeta,
+    ctx: &Ctx,
+    msg: Message,
+    code: u8,
+    rest: [u8; 4],
+) -> Option<Action> {
     let port = ctx.tables.ports.get(meta.port)?;
     let (orig_src, quote_len) = {
         let ip = Ipv4Packet::new_checked(&frame.data()[ethernet::HEADER_LEN..]).ok()?;
         let src = ip.src_addr();
-        if src.is_unspecified() || src.is_broadcast() || src.is_multicast() || ip.frag_offset() != 0 {
+        if src.is_unspecified() || src.is_broadcast() || src.is_multicast() || ip.frag_offset() != 0
+        {
             return None;
         }
         if ip.next_header() == IpProtocol::Icmp {

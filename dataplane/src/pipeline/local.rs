@@ -6,7 +6,9 @@ use super::{Action, Ctx, RxMeta};
 use crate::counters::{DropReason, Event};
 use crate::frame::Frame;
 use crate::wire::icmp::Message;
-use crate::wire::{EthernetAddress, EthernetFrame, IcmpPacket, IpProtocol, Ipv4Packet, checksum, ethernet};
+use crate::wire::{
+    EthernetAddress, EthernetFrame, IcmpPacket, IpProtocol, Ipv4Packet, checksum, ethernet,
+};
 
 pub fn run(frame: &mut Frame, meta: &RxMeta, ctx: &Ctx) -> Action {
     let Some(port) = ctx.tables.ports.get(meta.port) else {
@@ -30,7 +32,11 @@ pub fn run(frame: &mut Frame, meta: &RxMeta, ctx: &Ctx) -> Action {
             return Action::Drop(DropReason::LocalIcmpOther);
         }
         // Type 8 → 0 changes one 16-bit word of the message (RFC 1624).
-        let c = checksum::update16(icmp.checksum(), (u8::from(Message::EchoRequest) as u16) << 8, 0);
+        let c = checksum::update16(
+            icmp.checksum(),
+            (u8::from(Message::EchoRequest) as u16) << 8,
+            0,
+        );
         icmp.set_msg_type(Message::EchoReply);
         icmp.set_checksum(c);
     }
@@ -55,7 +61,16 @@ mod tests {
     #[test]
     fn echo_request_to_node_is_answered() {
         let lab = Lab::new();
-        let f = icmp_echo_frame(GW_MAC, lab.mac(BIZ), GW_IP, BIZ_IP, 64, 0x1234, 7, b"abcdefgh");
+        let f = icmp_echo_frame(
+            GW_MAC,
+            lab.mac(BIZ),
+            GW_IP,
+            BIZ_IP,
+            64,
+            0x1234,
+            7,
+            b"abcdefgh",
+        );
         let out = lab.run(BIZ, f);
         assert_eq!(out.action, Action::Tx(BIZ));
         let eth = EthernetFrame::new_checked(&out.frame[..]).unwrap();
@@ -68,7 +83,7 @@ mod tests {
         assert_eq!(icmp.msg_type(), Message::EchoReply);
         assert!(icmp.verify_checksum(), "incremental ICMP checksum");
         assert_eq!((icmp.echo_ident(), icmp.echo_seq_no()), (0x1234, 7));
-        assert_eq!(&icmp.payload()[..], b"abcdefgh");
+        assert_eq!(icmp.payload(), b"abcdefgh");
         assert_eq!(lab.event(Event::IcmpEchoReply), 1);
     }
 
@@ -76,6 +91,9 @@ mod tests {
     fn tcp_to_node_is_not_ours() {
         let lab = Lab::new();
         let f = udp_frame(GW_MAC, lab.mac(BIZ), GW_IP, BIZ_IP, 64, 1, 2, b"");
-        assert_eq!(lab.run(BIZ, f).action, Action::Drop(DropReason::LocalNotOurs));
+        assert_eq!(
+            lab.run(BIZ, f).action,
+            Action::Drop(DropReason::LocalNotOurs)
+        );
     }
 }

@@ -8,23 +8,52 @@ use crate::frame::Frame;
 use crate::tables::Port;
 use crate::tables::ports::{POD_GATEWAY, PortRole};
 use crate::wire::icmp::{DstUnreachable, Message, TimeExceeded};
-use crate::wire::{ArpOperation, ArpPacket, ArpRepr, EtherType, EthernetAddress, EthernetFrame, Ipv4Packet, ethernet};
+use crate::wire::{
+    ArpOperation, ArpPacket, ArpRepr, EtherType, EthernetAddress, EthernetFrame, Ipv4Packet,
+    ethernet,
+};
 use core::net::Ipv4Addr;
 
 pub fn forward(frame: &mut Frame, meta: &RxMeta, ctx: &Ctx) -> Action {
     let (dst, hash, ttl, total_len, dont_frag) = {
         let ip = Ipv4Packet::new_unchecked(&frame.data()[ethernet::HEADER_LEN..]);
-        (ip.dst_addr(), flow::hash_v4(&ip), ip.ttl(), ip.total_len(), ip.dont_frag())
+        (
+            ip.dst_addr(),
+            flow::hash_v4(&ip),
+            ip.ttl(),
+            ip.total_len(),
+            ip.dont_frag(),
+        )
     };
-    let Some(nh) = ctx.tables.fib.lookup(dst).and_then(|r| r.select(hash)).copied() else {
+    let Some(nh) = ctx
+        .tables
+        .fib
+        .lookup(dst)
+        .and_then(|r| r.select(hash))
+        .copied()
+    else {
         ctx.counters.dropped(DropReason::NoRoute);
-        return icmp::error(frame, meta, ctx, Message::DstUnreachable, DstUnreachable::NetUnreachable.into(), [0; 4])
-            .unwrap_or(Action::Drop(DropReason::NoRoute));
+        return icmp::error(
+            frame,
+            meta,
+            ctx,
+            Message::DstUnreachable,
+            DstUnreachable::NetUnreachable.into(),
+            [0; 4],
+        )
+        .unwrap_or(Action::Drop(DropReason::NoRoute));
     };
     if ttl <= 1 {
         ctx.counters.dropped(DropReason::TtlExceeded);
-        return icmp::error(frame, meta, ctx, Message::TimeExceeded, TimeExceeded::TtlExpired.into(), [0; 4])
-            .unwrap_or(Action::Drop(DropReason::TtlExceeded));
+        return icmp::error(
+            frame,
+            meta,
+            ctx,
+            Message::TimeExceeded,
+            TimeExceeded::TtlExpired.into(),
+            [0; 4],
+        )
+        .unwrap_or(Action::Drop(DropReason::TtlExceeded));
     }
     let Some(out) = ctx.tables.ports.get(nh.port) else {
         return Action::Drop(DropReason::PortDown);
@@ -35,8 +64,15 @@ pub fn forward(frame: &mut Frame, meta: &RxMeta, ctx: &Ctx) -> Action {
         }
         ctx.counters.dropped(DropReason::TooBig);
         let mtu = out.mtu.to_be_bytes();
-        return icmp::error(frame, meta, ctx, Message::DstUnreachable, DstUnreachable::FragRequired.into(), [0, 0, mtu[0], mtu[1]])
-            .unwrap_or(Action::Drop(DropReason::TooBig));
+        return icmp::error(
+            frame,
+            meta,
+            ctx,
+            Message::DstUnreachable,
+            DstUnreachable::FragRequired.into(),
+            [0, 0, mtu[0], mtu[1]],
+        )
+        .unwrap_or(Action::Drop(DropReason::TooBig));
     }
     Ipv4Packet::new_unchecked(&mut frame.data_mut()[ethernet::HEADER_LEN..]).decrement_ttl();
     let neighbour = nh.neighbour(dst);
@@ -64,7 +100,11 @@ pub fn forward(frame: &mut Frame, meta: &RxMeta, ctx: &Ctx) -> Action {
 /// else the first address of any port.
 pub fn source_addr(port: &Port, ctx: &Ctx) -> Option<Ipv4Addr> {
     port.primary_addr()
-        .or(if port.role == PortRole::Pod { Some(POD_GATEWAY) } else { None })
+        .or(if port.role == PortRole::Pod {
+            Some(POD_GATEWAY)
+        } else {
+            None
+        })
         .or_else(|| ctx.tables.ports.iter().find_map(|p| p.primary_addr()))
 }
 
@@ -86,7 +126,9 @@ fn arp_request(frame: &mut Frame, out: &Port, target: Ipv4Addr, ctx: &Ctx) {
         target_hardware_addr: EthernetAddress([0; 6]),
         target_protocol_addr: target,
     }
-    .emit(&mut ArpPacket::new_unchecked(&mut data[ethernet::HEADER_LEN..]));
+    .emit(&mut ArpPacket::new_unchecked(
+        &mut data[ethernet::HEADER_LEN..],
+    ));
 }
 
 #[cfg(test)]
@@ -98,7 +140,16 @@ mod tests {
     #[test]
     fn forwards_pod_to_outside_via_gateway() {
         let lab = Lab::new();
-        let f = udp_frame(POD60_MAC, lab.mac(POD60), POD60_IP, EXT_IP, 64, 1000, 53, b"hello");
+        let f = udp_frame(
+            POD60_MAC,
+            lab.mac(POD60),
+            POD60_IP,
+            EXT_IP,
+            64,
+            1000,
+            53,
+            b"hello",
+        );
         let out = lab.run(POD60, f);
         assert_eq!(out.action, Action::Tx(BIZ));
         let eth = EthernetFrame::new_checked(&out.frame[..]).unwrap();
@@ -141,7 +192,16 @@ mod tests {
     #[test]
     fn ttl_one_gets_time_exceeded_from_ingress_address() {
         let lab = Lab::new();
-        let f = udp_frame(GW_MAC, lab.mac(BIZ), EXT_IP, POD41_IP, 1, 53, 1000, b"payload!");
+        let f = udp_frame(
+            GW_MAC,
+            lab.mac(BIZ),
+            EXT_IP,
+            POD41_IP,
+            1,
+            53,
+            1000,
+            b"payload!",
+        );
         let orig = f.clone();
         let out = lab.run(BIZ, f);
         assert_eq!(out.action, Action::Tx(BIZ));
@@ -149,7 +209,10 @@ mod tests {
         assert_eq!(eth.dst_addr().0, GW_MAC);
         let ip = Ipv4Packet::new_checked(&out.frame[14..]).unwrap();
         assert!(ip.verify_checksum());
-        assert_eq!((ip.src_addr(), ip.dst_addr(), ip.next_header()), (BIZ_IP, EXT_IP, IpProtocol::Icmp));
+        assert_eq!(
+            (ip.src_addr(), ip.dst_addr(), ip.next_header()),
+            (BIZ_IP, EXT_IP, IpProtocol::Icmp)
+        );
         let icmp = crate::wire::IcmpPacket::new_checked(ip.payload()).unwrap();
         assert_eq!(icmp.msg_type(), Message::TimeExceeded);
         assert!(icmp.verify_checksum());
@@ -163,7 +226,16 @@ mod tests {
     fn too_big_with_df_gets_frag_needed() {
         let lab = Lab::new();
         let payload = vec![7u8; 1460];
-        let f = udp_frame(GW_MAC, lab.mac(BIZ), EXT_IP, POD60_IP, 30, 53, 1000, &payload);
+        let f = udp_frame(
+            GW_MAC,
+            lab.mac(BIZ),
+            EXT_IP,
+            POD60_IP,
+            30,
+            53,
+            1000,
+            &payload,
+        );
         let out = lab.run(BIZ, f);
         assert_eq!(out.action, Action::Tx(BIZ));
         let ip = Ipv4Packet::new_checked(&out.frame[14..]).unwrap();

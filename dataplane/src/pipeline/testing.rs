@@ -50,17 +50,28 @@ impl Lab {
             port(POD60, "pod60", PortRole::Pod, 2, vec![], 1450),
             port(POD41, "pod41", PortRole::Pod, 3, vec![], 1450),
         ]);
-        let mut tables = Tables { ports, ..Default::default() };
+        let mut tables = Tables {
+            ports,
+            ..Default::default()
+        };
         tables.local.insert(BIZ_IP, BIZ);
         let nh = |port, via| vec![NextHop { port, via }];
-        tables.fib.insert(Ipv4Addr::new(10, 186, 153, 0), 24, nh(BIZ, None));
+        tables
+            .fib
+            .insert(Ipv4Addr::new(10, 186, 153, 0), 24, nh(BIZ, None));
         tables.fib.insert(POD60_IP, 32, nh(POD60, None));
         tables.fib.insert(POD41_IP, 32, nh(POD41, None));
-        tables.fib.insert(Ipv4Addr::UNSPECIFIED, 0, nh(BIZ, Some(GW_IP)));
+        tables
+            .fib
+            .insert(Ipv4Addr::UNSPECIFIED, 0, nh(BIZ, Some(GW_IP)));
         let shared = Shared::new(256);
         shared.neigh.set_static(GW_IP, GW_MAC, BIZ);
         shared.neigh.set_static(POD60_IP, POD60_MAC, POD60);
-        Lab { tables, shared, counters: WorkerCounters::new(3) }
+        Lab {
+            tables,
+            shared,
+            counters: WorkerCounters::new(3),
+        }
     }
 
     pub fn mac(&self, p: PortId) -> [u8; 6] {
@@ -70,10 +81,20 @@ impl Lab {
     pub fn run(&self, port: PortId, frame: Vec<u8>) -> Out {
         let mut buf = vec![0u8; 4096];
         buf[HEADROOM..HEADROOM + frame.len()].copy_from_slice(&frame);
-        let ctx = Ctx { tables: &self.tables, shared: &self.shared, counters: &self.counters, now_s: 1, now_ns: 1_000_000_000, trace: None };
+        let ctx = Ctx {
+            tables: &self.tables,
+            shared: &self.shared,
+            counters: &self.counters,
+            now_s: 1,
+            now_ns: 1_000_000_000,
+            trace: None,
+        };
         let mut f = Frame::new(&mut buf, HEADROOM, frame.len());
         let action = process(&mut f, &RxMeta { port, vlan: None }, &ctx);
-        Out { action, frame: f.data().to_vec() }
+        Out {
+            action,
+            frame: f.data().to_vec(),
+        }
     }
 
     pub fn drop(&self, r: DropReason) -> u64 {
@@ -98,7 +119,9 @@ pub fn udp_frame(
     dport: u16,
     payload: &[u8],
 ) -> Vec<u8> {
-    let b = etherparse::PacketBuilder::ethernet2(src_mac, dst_mac).ipv4(src.octets(), dst.octets(), ttl).udp(sport, dport);
+    let b = etherparse::PacketBuilder::ethernet2(src_mac, dst_mac)
+        .ipv4(src.octets(), dst.octets(), ttl)
+        .udp(sport, dport);
     let mut out = Vec::with_capacity(b.size(payload.len()));
     b.write(&mut out, payload).unwrap();
     set_df(&mut out);
@@ -116,7 +139,9 @@ pub fn icmp_echo_frame(
     seq: u16,
     payload: &[u8],
 ) -> Vec<u8> {
-    let b = etherparse::PacketBuilder::ethernet2(src_mac, dst_mac).ipv4(src.octets(), dst.octets(), ttl).icmpv4_echo_request(id, seq);
+    let b = etherparse::PacketBuilder::ethernet2(src_mac, dst_mac)
+        .ipv4(src.octets(), dst.octets(), ttl)
+        .icmpv4_echo_request(id, seq);
     let mut out = Vec::with_capacity(b.size(payload.len()));
     b.write(&mut out, payload).unwrap();
     out
@@ -132,7 +157,9 @@ fn set_df(frame: &mut [u8]) {
 /// Checks IPv4 and L4 checksums of `frame` with etherparse.
 pub fn assert_valid_l4(frame: &[u8]) {
     let p = etherparse::SlicedPacket::from_ethernet(frame).expect("parses");
-    let Some(etherparse::NetSlice::Ipv4(ip)) = p.net else { panic!("not ipv4") };
+    let Some(etherparse::NetSlice::Ipv4(ip)) = p.net else {
+        panic!("not ipv4")
+    };
     let h = ip.header().to_header();
     assert_eq!(h.calc_header_checksum(), h.header_checksum, "ip checksum");
     match p.transport {

@@ -47,7 +47,11 @@ impl Route {
 
 #[inline]
 fn mask(len: u8) -> u32 {
-    if len == 0 { 0 } else { u32::MAX << (32 - len.min(32)) }
+    if len == 0 {
+        0
+    } else {
+        u32::MAX << (32 - len.min(32))
+    }
 }
 
 #[derive(Debug, Clone, Default)]
@@ -61,7 +65,10 @@ pub struct Fib {
 
 impl Fib {
     pub fn new() -> Self {
-        Fib { lens: Vec::new(), tables: (0..=32).map(|_| HashMap::new()).collect() }
+        Fib {
+            lens: Vec::new(),
+            tables: (0..=32).map(|_| HashMap::new()).collect(),
+        }
     }
 
     /// Adds or replaces the route for `prefix/len` (host bits are ignored).
@@ -71,7 +78,11 @@ impl Fib {
         }
         let len = len.min(32);
         let net = u32::from(prefix) & mask(len);
-        let route = Route { prefix: Ipv4Addr::from(net), len, nexthops };
+        let route = Route {
+            prefix: Ipv4Addr::from(net),
+            len,
+            nexthops,
+        };
         self.tables[len as usize].insert(net, Arc::new(route));
         if !self.lens.contains(&len) {
             self.lens.push(len);
@@ -104,17 +115,25 @@ impl Fib {
 
     pub fn get(&self, prefix: Ipv4Addr, len: u8) -> Option<&Route> {
         let len = len.min(32);
-        self.tables.get(len as usize)?.get(&(u32::from(prefix) & mask(len))).map(|r| &**r)
+        self.tables
+            .get(len as usize)?
+            .get(&(u32::from(prefix) & mask(len)))
+            .map(|r| &**r)
     }
 
     /// All routes, longest prefix first, then by address: the order `ip route` users expect
     /// reversed; `ctl route list` sorts as it likes.
     pub fn routes(&self) -> impl Iterator<Item = &Route> {
-        self.lens.iter().flat_map(move |&l| self.tables[l as usize].values().map(|r| &**r))
+        self.lens
+            .iter()
+            .flat_map(move |&l| self.tables[l as usize].values().map(|r| &**r))
     }
 
     pub fn len(&self) -> usize {
-        self.lens.iter().map(|&l| self.tables[l as usize].len()).sum()
+        self.lens
+            .iter()
+            .map(|&l| self.tables[l as usize].len())
+            .sum()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -128,7 +147,10 @@ mod tests {
     use proptest::prelude::*;
 
     fn nh(p: u16) -> Vec<NextHop> {
-        vec![NextHop { port: PortId(p), via: None }]
+        vec![NextHop {
+            port: PortId(p),
+            via: None,
+        }]
     }
 
     #[test]
@@ -153,8 +175,14 @@ mod tests {
             prefix: Ipv4Addr::UNSPECIFIED,
             len: 0,
             nexthops: vec![
-                NextHop { port: PortId(0), via: None },
-                NextHop { port: PortId(1), via: None },
+                NextHop {
+                    port: PortId(0),
+                    via: None,
+                },
+                NextHop {
+                    port: PortId(1),
+                    via: None,
+                },
             ],
         };
         assert_eq!(r.select(0).unwrap().port, PortId(0));

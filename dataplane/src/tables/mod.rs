@@ -41,7 +41,9 @@ pub struct Shared {
 
 impl Shared {
     pub fn new(neigh_capacity: usize) -> Self {
-        Shared { neigh: NeighCache::new(neigh_capacity) }
+        Shared {
+            neigh: NeighCache::new(neigh_capacity),
+        }
     }
 }
 

@@ -56,14 +56,21 @@ fn unpack(word: u64) -> ([u8; 6], PortId, bool) {
     let b = word.to_le_bytes();
     let mut mac = [0u8; 6];
     mac.copy_from_slice(&b[..6]);
-    (mac, PortId(((word >> 48) & 0x7fff) as u16), word & PERMANENT != 0)
+    (
+        mac,
+        PortId(((word >> 48) & 0x7fff) as u16),
+        word & PERMANENT != 0,
+    )
 }
 
 impl NeighCache {
     /// A cache of at least `capacity` slots (rounded up to a power of two).
     pub fn new(capacity: usize) -> Self {
         let n = capacity.max(PROBE).next_power_of_two();
-        NeighCache { slots: (0..n).map(|_| Slot::default()).collect(), mask: n - 1 }
+        NeighCache {
+            slots: (0..n).map(|_| Slot::default()).collect(),
+            mask: n - 1,
+        }
     }
 
     fn read(&self, slot: &Slot) -> Option<(u32, u32, u64)> {
@@ -95,7 +102,13 @@ impl NeighCache {
             match self.read(slot) {
                 Some((k, updated, word)) if k == key => {
                     let (mac, port, permanent) = unpack(word);
-                    return Some(NeighEntry { ip, mac, port, updated, permanent });
+                    return Some(NeighEntry {
+                        ip,
+                        mac,
+                        port,
+                        updated,
+                        permanent,
+                    });
                 }
                 Some((0, _, _)) => return None,
                 _ => {}
@@ -125,7 +138,9 @@ impl NeighCache {
         let mut oldest: Option<(usize, u32)> = None;
         for i in 0..PROBE {
             let idx = (start + i) & self.mask;
-            let Some((k, updated, word)) = self.read(&self.slots[idx]) else { continue };
+            let Some((k, updated, word)) = self.read(&self.slots[idx]) else {
+                continue;
+            };
             if k == key {
                 if word & PERMANENT != 0 && !permanent {
                     return false;
@@ -141,7 +156,9 @@ impl NeighCache {
                 oldest = Some((idx, updated));
             }
         }
-        let Some(idx) = target.or(oldest.map(|o| o.0)) else { return false };
+        let Some(idx) = target.or(oldest.map(|o| o.0)) else {
+            return false;
+        };
         let slot = &self.slots[idx];
         let s = slot.seq.load(Ordering::Relaxed);
         if s & 1 == 1
@@ -155,7 +172,8 @@ impl NeighCache {
         fence(Ordering::Release);
         slot.ip.store(key, Ordering::Relaxed);
         slot.updated.store(now, Ordering::Relaxed);
-        slot.word.store(pack(mac, port, permanent), Ordering::Relaxed);
+        slot.word
+            .store(pack(mac, port, permanent), Ordering::Relaxed);
         slot.seq.store(s + 2, Ordering::Release);
         true
     }
@@ -171,7 +189,10 @@ impl NeighCache {
             {
                 let s = slot.seq.load(Ordering::Relaxed);
                 if s & 1 == 0
-                    && slot.seq.compare_exchange(s, s + 1, Ordering::Acquire, Ordering::Relaxed).is_ok()
+                    && slot
+                        .seq
+                        .compare_exchange(s, s + 1, Ordering::Acquire, Ordering::Relaxed)
+                        .is_ok()
                 {
                     fence(Ordering::Release);
                     // A tombstone would be needed for strict probing; moving the rest of the
@@ -194,7 +215,13 @@ impl NeighCache {
             .filter(|(k, _, _)| *k != 0 && *k != u32::MAX)
             .map(|(k, updated, word)| {
                 let (mac, port, permanent) = unpack(word);
-                NeighEntry { ip: Ipv4Addr::from(k), mac, port, updated, permanent }
+                NeighEntry {
+                    ip: Ipv4Addr::from(k),
+                    mac,
+                    port,
+                    updated,
+                    permanent,
+                }
             })
             .collect()
     }
@@ -214,7 +241,10 @@ mod tests {
         assert!(c.lookup(ip).is_none());
         assert!(c.learn(ip, MAC, PortId(3), 10));
         let e = c.lookup(ip).unwrap();
-        assert_eq!((e.mac, e.port, e.updated, e.permanent), (MAC, PortId(3), 10, false));
+        assert_eq!(
+            (e.mac, e.port, e.updated, e.permanent),
+            (MAC, PortId(3), 10, false)
+        );
         assert!(c.learn(ip, [2, 0, 0, 0, 0, 2], PortId(3), 20));
         assert_eq!(c.lookup(ip).unwrap().mac, [2, 0, 0, 0, 0, 2]);
         assert_eq!(c.entries().len(), 1);
@@ -238,7 +268,10 @@ mod tests {
         }
         assert!(c.learn(Ipv4Addr::new(10, 0, 1, 1), MAC, PortId(0), 100));
         assert!(c.lookup(Ipv4Addr::new(10, 0, 1, 1)).is_some());
-        assert!(c.lookup(Ipv4Addr::new(10, 0, 0, 1)).is_none(), "oldest evicted");
+        assert!(
+            c.lookup(Ipv4Addr::new(10, 0, 0, 1)).is_none(),
+            "oldest evicted"
+        );
     }
 
     #[test]

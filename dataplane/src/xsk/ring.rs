@@ -68,9 +68,17 @@ impl<T: Copy> ProdRing<T> {
         debug_assert!(raw.size.is_power_of_two());
         // SAFETY: the caller guarantees the pointers are valid.
         let (prod, cons) = unsafe {
-            (raw.producer.as_ref().load(Ordering::Relaxed), raw.consumer.as_ref().load(Ordering::Acquire))
+            (
+                raw.producer.as_ref().load(Ordering::Relaxed),
+                raw.consumer.as_ref().load(Ordering::Acquire),
+            )
         };
-        ProdRing { raw, cached_prod: prod, cached_cons: cons.wrapping_add(raw.size), _t: PhantomData }
+        ProdRing {
+            raw,
+            cached_prod: prod,
+            cached_cons: cons.wrapping_add(raw.size),
+            _t: PhantomData,
+        }
     }
 
     /// Free slots, refreshing the cached consumer index only when fewer than `want` look free.
@@ -131,9 +139,17 @@ impl<T: Copy> ConsRing<T> {
         debug_assert!(raw.size.is_power_of_two());
         // SAFETY: the caller guarantees the pointers are valid.
         let (prod, cons) = unsafe {
-            (raw.producer.as_ref().load(Ordering::Acquire), raw.consumer.as_ref().load(Ordering::Relaxed))
+            (
+                raw.producer.as_ref().load(Ordering::Acquire),
+                raw.consumer.as_ref().load(Ordering::Relaxed),
+            )
         };
-        ConsRing { raw, cached_prod: prod, cached_cons: cons, _t: PhantomData }
+        ConsRing {
+            raw,
+            cached_prod: prod,
+            cached_cons: cons,
+            _t: PhantomData,
+        }
     }
 
     /// Entries ready, refreshing the cached producer index only when the cache shows fewer
@@ -285,7 +301,13 @@ mod tests {
         mem.set_indexes(u32::MAX - 3);
         let (mut prod, mut cons) = mem.pair();
         for round in 0..10u64 {
-            let d: Vec<XdpDesc> = (0..6).map(|i| XdpDesc { addr: round * 100 + i, len: 60, options: 0 }).collect();
+            let d: Vec<XdpDesc> = (0..6)
+                .map(|i| XdpDesc {
+                    addr: round * 100 + i,
+                    len: 60,
+                    options: 0,
+                })
+                .collect();
             assert_eq!(prod.produce(&d), 6);
             let mut out = [XdpDesc::default(); 8];
             assert_eq!(cons.consume(&mut out), 6);

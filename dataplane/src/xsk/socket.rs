@@ -16,7 +16,11 @@ pub enum XskError {
     #[error("creating UMEM: {0}")]
     Umem(String),
     #[error("creating AF_XDP socket on {dev} queue {queue}: {reason}")]
-    Socket { dev: String, queue: u32, reason: String },
+    Socket {
+        dev: String,
+        queue: u32,
+        reason: String,
+    },
 }
 
 /// How frames move between the NIC and the UMEM.
@@ -92,7 +96,10 @@ unsafe impl Send for Xsk {}
 
 impl core::fmt::Debug for Xsk {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("Xsk").field("fd", &self.fd).field("zerocopy", &self.zerocopy).finish()
+        f.debug_struct("Xsk")
+            .field("fd", &self.fd)
+            .field("zerocopy", &self.zerocopy)
+            .finish()
     }
 }
 
@@ -112,8 +119,18 @@ impl Default for RingSizes {
 impl Xsk {
     /// Creates a socket on `dev` queue `queue` sharing `umem`. No XDP program is loaded
     /// (afgate loads its own and registers the socket in its XSKMAP).
-    pub fn new(umem: &Umem, dev: &str, queue: u32, sizes: RingSizes, mode: BindMode) -> Result<Xsk, XskError> {
-        let err = |reason: String| XskError::Socket { dev: dev.to_string(), queue, reason };
+    pub fn new(
+        umem: &Umem,
+        dev: &str,
+        queue: u32,
+        sizes: RingSizes,
+        mode: BindMode,
+    ) -> Result<Xsk, XskError> {
+        let err = |reason: String| XskError::Socket {
+            dev: dev.to_string(),
+            queue,
+            reason,
+        };
         let q = |n: u32, what: &'static str| QueueSize::new(n).map_err(|_| XskError::Config(what));
         let mut bind = BindFlags::XDP_USE_NEED_WAKEUP;
         match mode {
@@ -130,21 +147,42 @@ impl Xsk {
         let name = CString::new(dev).map_err(|_| XskError::Config("device name"))?;
         // SAFETY: xsk-rs requires the UMEM to outlive the socket and frames to be used only
         // by their owner; the worker owns both and drops sockets before the UMEM.
-        let (tx, rx, fq_cq) = unsafe { xsk_rs::Socket::new(config, umem.inner(), &Interface::new(name), queue) }
-            .map_err(|e| err(format!("{e}: {}", std::error::Error::source(&e).map(|s| s.to_string()).unwrap_or_default())))?;
+        let (tx, rx, fq_cq) =
+            unsafe { xsk_rs::Socket::new(config, umem.inner(), &Interface::new(name), queue) }
+                .map_err(|e| {
+                    err(format!(
+                        "{e}: {}",
+                        std::error::Error::source(&e)
+                            .map(|s| s.to_string())
+                            .unwrap_or_default()
+                    ))
+                })?;
         let fd = rx.fd().as_raw_fd();
 
         let mut off = MmapOffsets::default();
         let mut optlen = core::mem::size_of::<MmapOffsets>() as libc::socklen_t;
         // SAFETY: off is a properly sized, writable buffer; optlen says its size.
         let rc = unsafe {
-            libc::getsockopt(fd, SOL_XDP, XDP_MMAP_OFFSETS, (&mut off as *mut MmapOffsets).cast(), &mut optlen)
+            libc::getsockopt(
+                fd,
+                SOL_XDP,
+                XDP_MMAP_OFFSETS,
+                (&mut off as *mut MmapOffsets).cast(),
+                &mut optlen,
+            )
         };
         if rc != 0 {
-            return Err(err(format!("getsockopt(XDP_MMAP_OFFSETS): {}", std::io::Error::last_os_error())));
+            return Err(err(format!(
+                "getsockopt(XDP_MMAP_OFFSETS): {}",
+                std::io::Error::last_os_error()
+            )));
         }
         let layout = umem.layout();
-        let map = |pgoff: libc::off_t, o: &RingOffset, entries: u32, entry: usize| -> Result<(Mapping, RingRaw), XskError> {
+        let map = |pgoff: libc::off_t,
+                   o: &RingOffset,
+                   entries: u32,
+                   entry: usize|
+         -> Result<(Mapping, RingRaw), XskError> {
             let len = o.desc as usize + entries as usize * entry;
             // SAFETY: mapping a ring of our own socket; the kernel validates offset and length.
             let addr = unsafe {
@@ -158,21 +196,34 @@ impl Xsk {
                 )
             };
             if addr == libc::MAP_FAILED {
-                return Err(err(format!("mmap ring: {}", std::io::Error::last_os_error())));
+                return Err(err(format!(
+                    "mmap ring: {}",
+                    std::io::Error::last_os_error()
+                )));
             }
             let base = addr as *mut u8;
             // SAFETY: the offsets come from the kernel and lie inside the mapping.
             let raw = unsafe {
                 RingRaw {
-                    producer: NonNull::new_unchecked(base.add(o.producer as usize) as *mut AtomicU32),
-                    consumer: NonNull::new_unchecked(base.add(o.consumer as usize) as *mut AtomicU32),
+                    producer: NonNull::new_unchecked(
+                        base.add(o.producer as usize) as *mut AtomicU32
+                    ),
+                    consumer: NonNull::new_unchecked(
+                        base.add(o.consumer as usize) as *mut AtomicU32
+                    ),
                     flags: NonNull::new_unchecked(base.add(o.flags as usize) as *mut AtomicU32),
                     descs: NonNull::new_unchecked(base.add(o.desc as usize)),
                     size: entries,
                 }
             };
-            // SAFETY: mmap succeeded, so addr is non-null.
-            Ok((Mapping { addr: unsafe { NonNull::new_unchecked(addr) }, len }, raw))
+            Ok((
+                Mapping {
+                    // SAFETY: mmap succeeded, so addr is non-null.
+                    addr: unsafe { NonNull::new_unchecked(addr) },
+                    len,
+                },
+                raw,
+            ))
         };
         let (m_rx, r_rx) = map(XDP_PGOFF_RX_RING, &off.rx, sizes.rx, 16)?;
         let (m_tx, r_tx) = map(XDP_PGOFF_TX_RING, &off.tx, sizes.tx, 16)?;
@@ -182,13 +233,27 @@ impl Xsk {
         let mut opts: u32 = 0;
         let mut optlen = core::mem::size_of::<u32>() as libc::socklen_t;
         // SAFETY: opts is a writable u32, optlen its size.
-        let rc = unsafe { libc::getsockopt(fd, SOL_XDP, XDP_OPTIONS, (&mut opts as *mut u32).cast(), &mut optlen) };
+        let rc = unsafe {
+            libc::getsockopt(
+                fd,
+                SOL_XDP,
+                XDP_OPTIONS,
+                (&mut opts as *mut u32).cast(),
+                &mut optlen,
+            )
+        };
         let zerocopy = rc == 0 && opts & XDP_OPTIONS_ZEROCOPY != 0;
 
         // SAFETY: each ring was just mapped from this socket and is used by exactly one
         // cursor; the mappings live in the same struct and are dropped after the cursors.
-        let (rx_c, tx_c, fill_c, comp_c) =
-            unsafe { (ConsRing::new(r_rx), ProdRing::new(r_tx), ProdRing::new(r_fr), ConsRing::new(r_cr)) };
+        let (rx_c, tx_c, fill_c, comp_c) = unsafe {
+            (
+                ConsRing::new(r_rx),
+                ProdRing::new(r_tx),
+                ProdRing::new(r_fr),
+                ConsRing::new(r_cr),
+            )
+        };
         Ok(Xsk {
             rx: rx_c,
             tx: tx_c,
@@ -216,7 +281,16 @@ impl Xsk {
     #[inline]
     pub fn kick_tx(&self) {
         // SAFETY: a zero-length sendto on our own socket; no buffer is read.
-        unsafe { libc::sendto(self.fd, core::ptr::null(), 0, libc::MSG_DONTWAIT, core::ptr::null(), 0) };
+        unsafe {
+            libc::sendto(
+                self.fd,
+                core::ptr::null(),
+                0,
+                libc::MSG_DONTWAIT,
+                core::ptr::null(),
+                0,
+            )
+        };
     }
 
     /// Wakes the kernel to refill from the fill ring when it flagged need_wakeup.
@@ -224,7 +298,14 @@ impl Xsk {
     pub fn kick_rx(&self) {
         // SAFETY: a zero-length recvfrom on our own socket; no buffer is written.
         unsafe {
-            libc::recvfrom(self.fd, core::ptr::null_mut(), 0, libc::MSG_DONTWAIT, core::ptr::null_mut(), core::ptr::null_mut())
+            libc::recvfrom(
+                self.fd,
+                core::ptr::null_mut(),
+                0,
+                libc::MSG_DONTWAIT,
+                core::ptr::null_mut(),
+                core::ptr::null_mut(),
+            )
         };
     }
 

@@ -20,7 +20,12 @@ pub struct UmemLayout {
 
 impl Default for UmemLayout {
     fn default() -> Self {
-        UmemLayout { frame_size: 4096, frames: 8192, fill_size: 2048, comp_size: 2048 }
+        UmemLayout {
+            frame_size: 4096,
+            frames: 8192,
+            fill_size: 2048,
+            comp_size: 2048,
+        }
     }
 }
 
@@ -34,7 +39,10 @@ pub struct FramePool {
 impl FramePool {
     pub fn new(frame_size: u32, frames: u32) -> Self {
         FramePool {
-            free: (0..frames as u64).rev().map(|i| i * frame_size as u64).collect(),
+            free: (0..frames as u64)
+                .rev()
+                .map(|i| i * frame_size as u64)
+                .collect(),
             frame_mask: !(frame_size as u64 - 1),
         }
     }
@@ -84,7 +92,10 @@ pub struct Umem {
 
 impl core::fmt::Debug for Umem {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("Umem").field("len", &self.len).field("layout", &self.layout).finish()
+        f.debug_struct("Umem")
+            .field("len", &self.len)
+            .field("layout", &self.layout)
+            .finish()
     }
 }
 
@@ -96,7 +107,9 @@ impl Umem {
     pub fn new(layout: UmemLayout) -> Result<(Umem, FramePool), XskError> {
         let q = |n: u32, what: &'static str| QueueSize::new(n).map_err(|_| XskError::Config(what));
         let config = UmemConfig::builder()
-            .frame_size(FrameSize::new(layout.frame_size).map_err(|_| XskError::Config("frame_size"))?)
+            .frame_size(
+                FrameSize::new(layout.frame_size).map_err(|_| XskError::Config("frame_size"))?,
+            )
             .fill_queue_size(q(layout.fill_size, "fill_size")?)
             .comp_queue_size(q(layout.comp_size, "comp_size")?)
             .frame_headroom(0)
@@ -112,7 +125,15 @@ impl Umem {
         let base = (data.contents().as_ptr() as usize - first.addr()) as *mut u8;
         let base = NonNull::new(base).ok_or(XskError::Umem("null UMEM base".into()))?;
         let len = layout.frame_size as usize * layout.frames as usize;
-        Ok((Umem { inner, base, len, layout }, FramePool::new(layout.frame_size, layout.frames)))
+        Ok((
+            Umem {
+                inner,
+                base,
+                len,
+                layout,
+            },
+            FramePool::new(layout.frame_size, layout.frames),
+        ))
     }
 
     pub fn inner(&self) -> &xsk_rs::Umem {
@@ -145,7 +166,10 @@ impl Umem {
         // SAFETY: in bounds of the mapping (checked above); exclusive by the caller's
         // ownership of the frame.
         Some(unsafe {
-            core::slice::from_raw_parts_mut(self.base.as_ptr().add(chunk), self.layout.frame_size as usize)
+            core::slice::from_raw_parts_mut(
+                self.base.as_ptr().add(chunk),
+                self.layout.frame_size as usize,
+            )
         })
     }
 }

@@ -2,12 +2,12 @@
 //! each worker's UMEM and sockets, register the sockets in the ports' XSKMAPs, start the
 //! pinned workers; on stop, join them and detach every program.
 
-use crate::counters::WorkerCounters;
-use crate::tables::{Shared, Tables};
-use crate::worker::{Worker, WorkerConfig};
-use crate::xsk::socket::RingSizes;
-use crate::xsk::{BindMode, Umem, UmemLayout, Xsk};
 use afgate_bpf::{ModeRequest, PortSteering, SteerConfig, XdpMode};
+use afgate_dataplane::counters::WorkerCounters;
+use afgate_dataplane::tables::{Shared, Tables};
+use afgate_dataplane::worker::{Worker, WorkerConfig};
+use afgate_dataplane::xsk::socket::RingSizes;
+use afgate_dataplane::xsk::{BindMode, Umem, UmemLayout, Xsk};
 use arc_swap::ArcSwap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -47,11 +47,22 @@ pub struct Attached {
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
     #[error("port {port}: attaching XDP to {device}: {source}")]
-    Attach { port: String, device: String, source: afgate_bpf::Error },
+    Attach {
+        port: String,
+        device: String,
+        source: afgate_bpf::Error,
+    },
     #[error("port {port}: registering worker {worker}'s socket: {source}")]
-    Register { port: String, worker: usize, source: afgate_bpf::Error },
+    Register {
+        port: String,
+        worker: usize,
+        source: afgate_bpf::Error,
+    },
     #[error("worker {worker}: {source}")]
-    Xsk { worker: usize, source: crate::xsk::XskError },
+    Xsk {
+        worker: usize,
+        source: afgate_dataplane::xsk::XskError,
+    },
     #[error("no workers configured")]
     NoWorkers,
 }
@@ -68,17 +79,23 @@ pub struct Runtime {
 }
 
 impl Runtime {
-    pub fn start(cfg: RuntimeConfig, tables: Tables, shared: Shared) -> Result<Runtime, RuntimeError> {
+    pub fn start(
+        cfg: RuntimeConfig,
+        tables: Tables,
+        shared: Shared,
+    ) -> Result<Runtime, RuntimeError> {
         if cfg.workers.is_empty() {
             return Err(RuntimeError::NoWorkers);
         }
         let mut steering = Vec::with_capacity(cfg.ports.len());
         let mut attached = Vec::with_capacity(cfg.ports.len());
         for p in &cfg.ports {
-            let s = PortSteering::attach(&p.device, &p.steer, p.xdp_mode).map_err(|source| RuntimeError::Attach {
-                port: p.name.clone(),
-                device: p.device.clone(),
-                source,
+            let s = PortSteering::attach(&p.device, &p.steer, p.xdp_mode).map_err(|source| {
+                RuntimeError::Attach {
+                    port: p.name.clone(),
+                    device: p.device.clone(),
+                    source,
+                }
             })?;
             attached.push(Attached {
                 port: p.name.clone(),
@@ -101,7 +118,8 @@ impl Runtime {
             let (umem, pool) = Umem::new(cfg.layout).map_err(xerr)?;
             let mut sockets = Vec::with_capacity(cfg.ports.len());
             for (i, p) in cfg.ports.iter().enumerate() {
-                let xsk = Xsk::new(&umem, &p.device, w as u32, cfg.rings, cfg.bind).map_err(xerr)?;
+                let xsk =
+                    Xsk::new(&umem, &p.device, w as u32, cfg.rings, cfg.bind).map_err(xerr)?;
                 attached[i].sockets.push((w, w as u32, xsk.is_zerocopy()));
                 sockets.push(Some(xsk));
             }
@@ -121,9 +139,13 @@ impl Runtime {
             // redirected frames have somewhere to land.
             for (i, p) in cfg.ports.iter().enumerate() {
                 let fd = worker.socket_fd(i).expect("socket created above");
-                steering[i]
-                    .register_xsk(w as u32, fd)
-                    .map_err(|source| RuntimeError::Register { port: p.name.clone(), worker: w, source })?;
+                steering[i].register_xsk(w as u32, fd).map_err(|source| {
+                    RuntimeError::Register {
+                        port: p.name.clone(),
+                        worker: w,
+                        source,
+                    }
+                })?;
             }
             counters.push(c);
             workers.push(worker);
@@ -138,7 +160,16 @@ impl Runtime {
                     .expect("spawning a worker thread")
             })
             .collect();
-        Ok(Runtime { steering, threads, stop, tables, shared, counters, attached, epoch })
+        Ok(Runtime {
+            steering,
+            threads,
+            stop,
+            tables,
+            shared,
+            counters,
+            attached,
+            epoch,
+        })
     }
 
     /// Publishes a new snapshot; workers pick it up at their next batch.

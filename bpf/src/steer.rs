@@ -1,0 +1,502 @@
+//! Loader for `afgate_steer` (`src/bpf/steer.bpf.c`): one loaded instance
+//! per dataplane port, attached through netlink so that it fails open.
+
+use std::collections::HashSet;
+use std::mem::{MaybeUninit, offset_of};
+use std::net::Ipv4Addr;
+use std::os::fd::{AsFd, OwnedFd, RawFd};
+
+use libbpf_rs::skel::{OpenSkel, SkelBuilder};
+use libbpf_rs::{MapCore, MapFlags, MapHandle};
+
+use crate::error::NO_DEV;
+use crate::prog::{self, TestRun};
+use crate::skel::steer::{SteerSkelBuilder, types};
+use crate::xdp::{self, ModeRequest, XdpMode};
+use crate::{Error, ifindex};
+
+/// `STEER_ONLY_OWN_MAC` in `consts.h`.
+const STEER_ONLY_OWN_MAC: u16 = 1 << 0;
+/// `AFG_MAX_QUEUES` in `consts.h`: entries of the `xsks` map.
+pub const MAX_QUEUES: u32 = 64;
+/// `AFG_MAX_PASSTHRU` in `consts.h`: entries of the `passthru` map.
+pub const MAX_PASSTHRU: usize = 1024;
+
+/// Mirror of `struct steer_cfg` (structs.h). Must be kept in sync.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+struct SteerCfgRaw {
+    own_mac: [u8; 6],
+    flags: u16,
+}
+const _: () = assert!(size_of::<SteerCfgRaw>() == 8);
+const _: () = assert!(offset_of!(SteerCfgRaw, flags) == 6);
+// Against the type bpftool generated from the object's BTF.
+const _: () = assert!(size_of::<SteerCfgRaw>() == size_of::<types::steer_cfg>());
+const _: () = assert!(offset_of!(SteerCfgRaw, flags) == offset_of!(types::steer_cfg, flags));
+
+impl SteerCfgRaw {
+    fn to_bytes(self) -> [u8; 8] {
+        let mut b = [0u8; 8];
+        b[..6].copy_from_slice(&self.own_mac);
+        b[6..].copy_from_slice(&self.flags.to_ne_bytes());
+        b
+    }
+}
+
+/// Mirror of `struct pass_key` (structs.h); addr and port in network order.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+struct PassKeyRaw {
+    addr: [u8; 4],
+    port: [u8; 2],
+    proto: u8,
+    pad: u8,
+}
+const _: () = assert!(size_of::<PassKeyRaw>() == 8);
+const _: () = assert!(offset_of!(PassKeyRaw, port) == 4);
+const _: () = assert!(offset_of!(PassKeyRaw, proto) == 6);
+const _: () = assert!(size_of::<PassKeyRaw>() == size_of::<types::pass_key>());
+const _: () = assert!(offset_of!(PassKeyRaw, port) == offset_of!(types::pass_key, port));
+const _: () = assert!(offset_of!(PassKeyRaw, proto) == offset_of!(types::pass_key, proto));
+
+impl PassKeyRaw {
+    fn to_bytes(self) -> [u8; 8] {
+        let mut b = [0u8; 8];
+        b[..4].copy_from_slice(&self.addr);
+        b[4..6].copy_from_slice(&self.port);
+        b[6] = self.proto;
+        b[7] = self.pad;
+        b
+    }
+}
+
+/// IPv4 traffic the kernel owns: destination `addr`, `port` (0 = any port)
+/// and IP `proto` (0 = any protocol; then `port` must be 0).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PassRule {
+    pub addr: Ipv4Addr,
+    pub port: u16,
+    pub proto: u8,
+}
+
+impl PassRule {
+    /// TCP to `addr:port` (e.g. the node address and 22 for SSH).
+    pub fn tcp(addr: Ipv4Addr, port: u16) -> Self {
+        PassRule {
+            addr,
+            port,
+            proto: 6,
+        }
+    }
+    /// UDP to `addr:port`.
+    pub fn udp(addr: Ipv4Addr, port: u16) -> Self {
+        PassRule {
+            addr,
+            port,
+            proto: 17,
+        }
+    }
+    /// Everything to `addr`.
+    pub fn host(addr: Ipv4Addr) -> Self {
+        PassRule {
+            addr,
+            port: 0,
+            proto: 0,
+        }
+    }
+
+    fn key(&self) -> PassKeyRaw {
+        PassKeyRaw {
+            addr: self.addr.octets(),
+            port: self.port.to_be_bytes(),
+            proto: self.proto,
+            pad: 0,
+        }
+    }
+}
+
+/// Per-port configuration of the steering program.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SteerConfig {
+    /// The port's MAC address (what `only_own_mac` compares against).
+    pub own_mac: [u8; 6],
+    /// Pass unicast frames for any other MAC to the kernel (e.g. a port
+    /// shared with bridged guests); broadcast/multicast are still steered.
+    pub only_own_mac: bool,
+    /// Kernel-owned IPv4 destinations; replaced with
+    /// [`PortSteering::set_passthru`].
+    pub passthru: Vec<PassRule>,
+}
+
+/// The verdict counters, mirror of `enum steer_stat` (consts.h).
+#[repr(u32)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SteerStat {
+    Redirect = 0,
+    PassLacp = 1,
+    PassLinkLocal = 2,
+    PassOtherMac = 3,
+    PassRule = 4,
+    PassNoSocket = 5,
+    Malformed = 6,
+}
+
+impl SteerStat {
+    /// Every counter, in map order. Its length must equal the `stats` map's
+    /// max_entries (`STAT_MAX`), which [`SteerProgram`] checks at load.
+    pub const ALL: [SteerStat; 7] = [
+        SteerStat::Redirect,
+        SteerStat::PassLacp,
+        SteerStat::PassLinkLocal,
+        SteerStat::PassOtherMac,
+        SteerStat::PassRule,
+        SteerStat::PassNoSocket,
+        SteerStat::Malformed,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            SteerStat::Redirect => "redirect",
+            SteerStat::PassLacp => "pass_lacp",
+            SteerStat::PassLinkLocal => "pass_link_local",
+            SteerStat::PassOtherMac => "pass_other_mac",
+            SteerStat::PassRule => "pass_rule",
+            SteerStat::PassNoSocket => "pass_no_socket",
+            SteerStat::Malformed => "malformed",
+        }
+    }
+}
+
+/// Counters of one port, summed over CPUs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SteerStats {
+    /// Frames redirected to an AF_XDP socket.
+    pub redirect: u64,
+    /// LACP (slow protocols) frames passed to the kernel.
+    pub pass_lacp: u64,
+    /// 01:80:c2:00:00:0x frames (STP, LLDP) passed to the kernel.
+    pub pass_link_local: u64,
+    /// Unicast for another MAC passed (only with `only_own_mac`).
+    pub pass_other_mac: u64,
+    /// IPv4 frames matching a passthru rule.
+    pub pass_rule: u64,
+    /// Frames for the dataplane passed because no socket is bound on their
+    /// queue (the fail-open fallback).
+    pub pass_no_socket: u64,
+    /// Truncated frames, passed to the kernel.
+    pub malformed: u64,
+}
+
+impl SteerStats {
+    pub fn get(&self, stat: SteerStat) -> u64 {
+        match stat {
+            SteerStat::Redirect => self.redirect,
+            SteerStat::PassLacp => self.pass_lacp,
+            SteerStat::PassLinkLocal => self.pass_link_local,
+            SteerStat::PassOtherMac => self.pass_other_mac,
+            SteerStat::PassRule => self.pass_rule,
+            SteerStat::PassNoSocket => self.pass_no_socket,
+            SteerStat::Malformed => self.malformed,
+        }
+    }
+
+    fn slot(&mut self, stat: SteerStat) -> &mut u64 {
+        match stat {
+            SteerStat::Redirect => &mut self.redirect,
+            SteerStat::PassLacp => &mut self.pass_lacp,
+            SteerStat::PassLinkLocal => &mut self.pass_link_local,
+            SteerStat::PassOtherMac => &mut self.pass_other_mac,
+            SteerStat::PassRule => &mut self.pass_rule,
+            SteerStat::PassNoSocket => &mut self.pass_no_socket,
+            SteerStat::Malformed => &mut self.malformed,
+        }
+    }
+}
+
+/// A loaded, configured, not (necessarily) attached instance of
+/// `afgate_steer`. Holds the program fd and its map handles only; the
+/// skeleton is dropped right after load (see the crate docs).
+///
+/// Useful on its own for `BPF_PROG_TEST_RUN` ([`SteerProgram::test_run`]).
+#[derive(Debug)]
+pub struct SteerProgram {
+    /// Device name for errors, or [`NO_DEV`].
+    label: String,
+    prog: OwnedFd,
+    prog_id: u32,
+    xsks: MapHandle,
+    cfg: MapHandle,
+    passthru: MapHandle,
+    stats: MapHandle,
+}
+
+impl SteerProgram {
+    /// Load a fresh instance and write `cfg` into its maps.
+    pub fn load(cfg: &SteerConfig) -> Result<Self, Error> {
+        Self::load_labelled(NO_DEV, cfg)
+    }
+
+    fn load_labelled(label: &str, cfg: &SteerConfig) -> Result<Self, Error> {
+        let mut storage = MaybeUninit::uninit();
+        let open = SteerSkelBuilder::default()
+            .open(&mut storage)
+            .map_err(Error::bpf(label, "open steer object"))?;
+        let skel = open
+            .load()
+            .map_err(Error::bpf(label, "load afgate_steer"))?;
+        let prog = skel
+            .progs
+            .afgate_steer
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(|source| Error::Os {
+                dev: label.to_owned(),
+                op: "dup program fd",
+                source,
+            })?;
+        let handle =
+            |m: &libbpf_rs::MapMut<'_>, op| MapHandle::try_from(m).map_err(Error::bpf(label, op));
+        let this = SteerProgram {
+            label: label.to_owned(),
+            prog_id: prog::prog_id(label, prog.as_fd())?,
+            prog,
+            xsks: handle(&skel.maps.xsks, "dup xsks map fd")?,
+            cfg: handle(&skel.maps.cfg, "dup cfg map fd")?,
+            passthru: handle(&skel.maps.passthru, "dup passthru map fd")?,
+            stats: handle(&skel.maps.stats, "dup stats map fd")?,
+        };
+        // Program and maps live on through `this`'s fds.
+        drop(skel);
+
+        let n = this.stats.max_entries();
+        if n as usize != SteerStat::ALL.len() {
+            return Err(this.invalid(
+                "check stats map",
+                format!("STAT_MAX is {n}, SteerStat has {}", SteerStat::ALL.len()),
+            ));
+        }
+        let raw = SteerCfgRaw {
+            own_mac: cfg.own_mac,
+            flags: if cfg.only_own_mac {
+                STEER_ONLY_OWN_MAC
+            } else {
+                0
+            },
+        };
+        this.cfg
+            .update(&0u32.to_ne_bytes(), &raw.to_bytes(), MapFlags::ANY)
+            .map_err(Error::bpf(label, "write cfg map"))?;
+        this.set_passthru(&cfg.passthru)?;
+        Ok(this)
+    }
+
+    fn invalid(&self, op: &'static str, reason: String) -> Error {
+        Error::Invalid {
+            dev: self.label.clone(),
+            op,
+            reason,
+        }
+    }
+
+    /// The kernel's program id.
+    pub fn prog_id(&self) -> u32 {
+        self.prog_id
+    }
+
+    /// Bind the AF_XDP socket `xsk_fd` to rx queue `queue` (the kernel takes
+    /// its own reference; the slot empties when the socket closes).
+    pub fn register_xsk(&self, queue: u32, xsk_fd: RawFd) -> Result<(), Error> {
+        if queue >= MAX_QUEUES {
+            return Err(self.invalid("register xsk", format!("queue {queue} >= {MAX_QUEUES}")));
+        }
+        let fd = u32::try_from(xsk_fd)
+            .map_err(|_| self.invalid("register xsk", format!("bad fd {xsk_fd}")))?;
+        self.xsks
+            .update(&queue.to_ne_bytes(), &fd.to_ne_bytes(), MapFlags::ANY)
+            .map_err(Error::bpf(&self.label, "register xsk"))
+    }
+
+    /// Empty the slot of rx queue `queue` (frames then fall back to the
+    /// kernel). Not an error if it was empty.
+    pub fn unregister_xsk(&self, queue: u32) -> Result<(), Error> {
+        if queue >= MAX_QUEUES {
+            return Err(self.invalid("unregister xsk", format!("queue {queue} >= {MAX_QUEUES}")));
+        }
+        match self.xsks.delete(&queue.to_ne_bytes()) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == libbpf_rs::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Error::bpf(&self.label, "unregister xsk")(e)),
+        }
+    }
+
+    /// Replace the passthru set with `rules`. New rules are inserted before
+    /// old ones are removed, so a rule present in both sets never lapses
+    /// (an SSH session to the node is never steered away mid-update).
+    pub fn set_passthru(&self, rules: &[PassRule]) -> Result<(), Error> {
+        let op = "set passthru";
+        let mut want = HashSet::with_capacity(rules.len());
+        for r in rules {
+            if r.proto == 0 && r.port != 0 {
+                return Err(self.invalid(op, format!("{r:?}: a port needs a protocol")));
+            }
+            want.insert(r.key().to_bytes());
+        }
+        if want.len() > MAX_PASSTHRU {
+            return Err(self.invalid(op, format!("{} rules > {MAX_PASSTHRU}", want.len())));
+        }
+        for k in &want {
+            self.passthru
+                .update(k, &[1u8], MapFlags::ANY)
+                .map_err(Error::bpf(&self.label, op))?;
+        }
+        let stale: Vec<Vec<u8>> = self
+            .passthru
+            .keys()
+            .filter(|k| !want.contains(k.as_slice()))
+            .collect();
+        for k in stale {
+            match self.passthru.delete(&k) {
+                Ok(()) => {}
+                Err(e) if e.kind() == libbpf_rs::ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::bpf(&self.label, op)(e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Counters summed over CPUs.
+    pub fn stats(&self) -> Result<SteerStats, Error> {
+        let mut s = SteerStats::default();
+        for stat in SteerStat::ALL {
+            let per_cpu = self
+                .stats
+                .lookup_percpu(&(stat as u32).to_ne_bytes(), MapFlags::ANY)
+                .map_err(Error::bpf(&self.label, "read stats map"))?
+                .unwrap_or_default();
+            *s.slot(stat) = per_cpu
+                .iter()
+                .filter_map(|v| v.get(..8)?.try_into().ok().map(u64::from_ne_bytes))
+                .sum();
+        }
+        Ok(s)
+    }
+
+    /// Run the program once over `frame` with `BPF_PROG_TEST_RUN` (rx queue
+    /// 0, counters updated as for a real frame); `repeat` > 1 for a timing.
+    pub fn test_run(&self, frame: &[u8], repeat: u32) -> Result<TestRun, Error> {
+        prog::test_run(&self.label, self.prog.as_fd(), frame, repeat)
+    }
+}
+
+/// `afgate_steer` attached to one port.
+///
+/// Attached with netlink, not a bpf_link: if the process dies without
+/// detaching (SIGKILL, abort), the program stays, its XSKMAP empties as the
+/// sockets close, and every frame goes to the kernel (fail-open). The next
+/// [`PortSteering::attach`] replaces the stale program.
+///
+/// [`PortSteering::detach`] detaches explicitly and reports errors; `Drop`
+/// detaches too (best effort, errors printed to stderr). Either removes the
+/// program only if it is still this one.
+#[derive(Debug)]
+pub struct PortSteering {
+    prog: SteerProgram,
+    ifname: String,
+    ifindex: u32,
+    mode: XdpMode,
+    replaced_stale: bool,
+    attached: bool,
+}
+
+impl PortSteering {
+    /// Load an instance for `ifname`, remove any XDP program already on it
+    /// (any mode: a stale one from a crashed run) and attach in `mode`.
+    pub fn attach(ifname: &str, cfg: &SteerConfig, mode: ModeRequest) -> Result<Self, Error> {
+        let idx = ifindex(ifname)?;
+        let prog = SteerProgram::load_labelled(ifname, cfg)?;
+        let stale = xdp::query(ifname, idx)?;
+        let replaced_stale = xdp::detach_all(ifname, idx)?;
+        if replaced_stale {
+            eprintln!(
+                "afgate-bpf: {ifname}: removed stale XDP program(s) \
+                 (native id {}, skb id {}, offload id {})",
+                stale.drv, stale.skb, stale.hw
+            );
+        }
+        let mode = xdp::attach(ifname, idx, prog.prog.as_fd(), mode)?;
+        Ok(PortSteering {
+            prog,
+            ifname: ifname.to_owned(),
+            ifindex: idx,
+            mode,
+            replaced_stale,
+            attached: true,
+        })
+    }
+
+    pub fn mode(&self) -> XdpMode {
+        self.mode
+    }
+    /// Whether attach removed a program that was already on the device.
+    pub fn replaced_stale(&self) -> bool {
+        self.replaced_stale
+    }
+    pub fn ifindex(&self) -> u32 {
+        self.ifindex
+    }
+    pub fn ifname(&self) -> &str {
+        &self.ifname
+    }
+    /// The attached program's id (as in `ip link`, [`crate::xdp_attached`]).
+    pub fn prog_id(&self) -> u32 {
+        self.prog.prog_id()
+    }
+    /// The loaded program (test runs, ...).
+    pub fn program(&self) -> &SteerProgram {
+        &self.prog
+    }
+    /// See [`SteerProgram::register_xsk`].
+    pub fn register_xsk(&self, queue: u32, xsk_fd: RawFd) -> Result<(), Error> {
+        self.prog.register_xsk(queue, xsk_fd)
+    }
+    /// See [`SteerProgram::unregister_xsk`].
+    pub fn unregister_xsk(&self, queue: u32) -> Result<(), Error> {
+        self.prog.unregister_xsk(queue)
+    }
+    /// See [`SteerProgram::set_passthru`].
+    pub fn set_passthru(&self, rules: &[PassRule]) -> Result<(), Error> {
+        self.prog.set_passthru(rules)
+    }
+    /// See [`SteerProgram::stats`].
+    pub fn stats(&self) -> Result<SteerStats, Error> {
+        self.prog.stats()
+    }
+
+    /// Detach; returns whether our program was still attached (false if
+    /// the device is gone or someone else replaced it, which is left alone).
+    pub fn detach(mut self) -> Result<bool, Error> {
+        self.attached = false;
+        xdp::detach_if_ours(
+            &self.ifname,
+            self.ifindex,
+            self.prog.prog.as_fd(),
+            self.mode,
+        )
+    }
+}
+
+impl Drop for PortSteering {
+    fn drop(&mut self) {
+        if self.attached
+            && let Err(e) = xdp::detach_if_ours(
+                &self.ifname,
+                self.ifindex,
+                self.prog.prog.as_fd(),
+                self.mode,
+            )
+        {
+            eprintln!("afgate-bpf: dropping PortSteering: {e}");
+        }
+    }
+}
