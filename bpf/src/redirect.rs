@@ -29,7 +29,7 @@ fn load(dev: &str, swap_mac: bool) -> Result<(OwnedFd, OwnedFd, RedirectSkelHand
             source,
         })
     };
-    let redirect = dup(skel.progs.afgate_devmap_redirect.as_fd(), "dup program fd")?;
+    let redirect = dup(skel.progs.afg_devmap_fwd.as_fd(), "dup program fd")?;
     let pass = dup(skel.progs.afgate_xdp_pass.as_fd(), "dup program fd")?;
     let tx_port = libbpf_rs::MapHandle::try_from(&skel.maps.tx_port)
         .map_err(Error::bpf(dev, "dup tx_port map fd"))?;
@@ -40,7 +40,7 @@ struct RedirectSkelHandles {
     tx_port: libbpf_rs::MapHandle,
 }
 
-/// `afgate_devmap_redirect` on `in_if`, forwarding every frame to `out_if`
+/// `afg_devmap_fwd` on `in_if`, forwarding every frame to `out_if`
 /// inside the driver, plus `afgate_xdp_pass` on `out_if` (some NIC drivers
 /// only set up XDP transmit queues while a program is attached).
 ///

@@ -15,9 +15,9 @@ const TC_HANDLE: u32 = 0xafe;
 const TC_PRIO: u32 = 1;
 
 /// Makes `ifname` an access port of VLAN `vid`: egress frames are tagged
-/// with `vid` (`afgate_vlan_push`), ingress frames tagged `vid` (or
+/// with `vid` (`afg_vlan_push`), ingress frames tagged `vid` (or
 /// priority-tagged) are untagged and frames of any other VLAN dropped
-/// (`afgate_vlan_pop`).
+/// (`afg_vlan_pop`).
 ///
 /// The clsact qdisc and both filters stay after this value is dropped or the
 /// process exits (the lab deletes the namespace); [`VlanShim::detach`]
@@ -25,11 +25,15 @@ const TC_PRIO: u32 = 1;
 ///
 /// Egress tags are placed the way `bpf_skb_vlan_push` places them: in
 /// `skb->vlan_tci`, written into the frame bytes by the kernel only if the
-/// device lacks tx VLAN offload. On a veth (which has it) the tag reaches
-/// the peer's skb as metadata; a native-XDP program on the peer then sees an
-/// untagged frame. Disable `tx-vlan-hw-insert` on `ifname`
-/// (`ethtool -K <if> txvlan off`) when the far side must see the tag in
-/// the bytes.
+/// device lacks tx VLAN offload. veth has that offload, so the tag crosses
+/// to the peer as skb metadata; a native-XDP program on the peer (the
+/// dataplane port) is then expected to see the frame untagged (not verified
+/// by these tests; AF_PACKET sees the tag either way). Disable
+/// `tx-vlan-hw-insert` on `ifname` (`ethtool -K <if> txvlan off`) to make
+/// the kernel write the tag into the bytes.
+///
+/// Ingress is tested live only with the tag in metadata (the receive path
+/// untags before tc runs); the in-bytes branch is there for other paths.
 #[derive(Debug)]
 pub struct VlanShim {
     ifname: String,
@@ -79,8 +83,8 @@ impl VlanShim {
                 source,
             })
         };
-        let pop = dup(skel.progs.afgate_vlan_pop.as_fd())?;
-        let push = dup(skel.progs.afgate_vlan_push.as_fd())?;
+        let pop = dup(skel.progs.afg_vlan_pop.as_fd())?;
+        let push = dup(skel.progs.afg_vlan_push.as_fd())?;
         drop(skel);
 
         let hook = |fd: &OwnedFd, point| {
@@ -99,11 +103,11 @@ impl VlanShim {
             .map_err(Error::bpf(ifname, "create clsact qdisc"))?;
         ingress
             .attach()
-            .map_err(Error::bpf(ifname, "attach tc ingress afgate_vlan_pop"))?;
+            .map_err(Error::bpf(ifname, "attach tc ingress afg_vlan_pop"))?;
         if let Err(e) = egress.attach() {
             // Leave nothing half-configured.
             let _ = ingress.detach();
-            return Err(Error::bpf(ifname, "attach tc egress afgate_vlan_push")(e));
+            return Err(Error::bpf(ifname, "attach tc egress afg_vlan_push")(e));
         }
         Ok(VlanShim {
             ifname: ifname.to_owned(),

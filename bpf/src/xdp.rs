@@ -138,7 +138,9 @@ pub(crate) fn detach_all(dev: &str, ifindex: u32) -> Result<bool, Error> {
             continue;
         }
         found = true;
-        let opts = attach_opts(-1);
+        // old_prog_fd 0: unconditional (libbpf turns any other value,
+        // even -1, into XDP_FLAGS_REPLACE with that expected program).
+        let opts = attach_opts(0);
         // SAFETY: `opts` is a properly sized bpf_xdp_attach_opts that lives
         // across the call; libbpf only reads it.
         let ret = unsafe { libbpf_sys::bpf_xdp_detach(idx, mode.flags().bits(), &opts) };

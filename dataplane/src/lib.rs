@@ -10,6 +10,7 @@
 
 pub mod counters;
 pub mod frame;
+pub mod observe;
 pub mod pipeline;
 pub mod sys;
 pub mod tables;

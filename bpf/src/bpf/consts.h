@@ -7,6 +7,12 @@
 #ifndef AFGATE_CONSTS_H
 #define AFGATE_CONSTS_H
 
+/*
+ * Program names are at most 15 characters: the kernel keeps 15
+ * (BPF_OBJ_NAME_LEN) and `bpftool`, `ip link` and `tc filter show` would
+ * show a truncated name otherwise.
+ */
+
 /* Ethertypes not (or not reliably) in <linux/if_ether.h>. */
 #define AFG_ETH_P_IP 0x0800
 #define AFG_ETH_P_8021Q 0x8100

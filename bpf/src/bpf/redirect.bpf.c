@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
 /*
  * The in-kernel ceiling for benchmarks (loader: bpf/src/redirect.rs):
- * afgate_devmap_redirect forwards every frame to the one device in
+ * afg_devmap_fwd forwards every frame to the one device in
  * `tx_port` without leaving the driver, which is what afgate's userspace
  * forwarder is measured against.
  *
@@ -27,7 +27,7 @@ struct {
 } tx_port SEC(".maps");
 
 SEC("xdp")
-int afgate_devmap_redirect(struct xdp_md *ctx)
+int afg_devmap_fwd(struct xdp_md *ctx)
 {
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;

@@ -3,8 +3,8 @@
  * A tc clsact 802.1Q access-port shim for the lab (loader:
  * bpf/src/vlan_shim.rs). The lab kernel has no 8021q module, so a peer that
  * must sit on VLAN `vid` of a trunk gets these two filters on its veth:
- *   egress  afgate_vlan_push: tag every frame with `vid`;
- *   ingress afgate_vlan_pop:  frames tagged `vid` (or priority-tagged,
+ *   egress  afg_vlan_push: tag every frame with `vid`;
+ *   ingress afg_vlan_pop:  frames tagged `vid` (or priority-tagged,
  *                             vid 0) lose the tag, frames tagged with
  *                             another vid are dropped, untagged ones pass.
  *
@@ -25,7 +25,7 @@
 const volatile __u16 vid = 0;
 
 SEC("tc")
-int afgate_vlan_push(struct __sk_buff *skb)
+int afg_vlan_push(struct __sk_buff *skb)
 {
 	if (bpf_skb_vlan_push(skb, bpf_htons(AFG_ETH_P_8021Q), vid) < 0)
 		return TC_ACT_SHOT;
@@ -41,7 +41,7 @@ static __always_inline int vid_is_ours(__u16 tci)
 }
 
 SEC("tc")
-int afgate_vlan_pop(struct __sk_buff *skb)
+int afg_vlan_pop(struct __sk_buff *skb)
 {
 	void *data = (void *)(long)skb->data;
 	void *data_end = (void *)(long)skb->data_end;
