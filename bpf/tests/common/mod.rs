@@ -13,14 +13,16 @@ use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-/// Root is needed for BPF and namespaces; without it a test prints SKIP.
+/// Root is needed for BPF and namespaces. These tests never skip: without root they fail,
+/// saying why (CI runs them as root).
 pub fn root() -> bool {
     // SAFETY: geteuid has no preconditions and cannot fail.
     let euid = unsafe { libc::geteuid() };
-    if euid != 0 {
-        eprintln!("SKIP: needs root (BPF, netns)");
-    }
-    euid == 0
+    assert_eq!(
+        euid, 0,
+        "the BPF tests need root (BPF programs, network namespaces): run them as root"
+    );
+    true
 }
 
 pub fn sh(args: &[&str]) -> String {
