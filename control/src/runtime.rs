@@ -4,6 +4,7 @@
 
 use afgate_bpf::{ModeRequest, PortSteering, SteerConfig, XdpMode};
 use afgate_dataplane::counters::WorkerCounters;
+use afgate_dataplane::observe::{CaptureCtl, WorkerObs};
 use afgate_dataplane::tables::{Shared, Tables};
 use afgate_dataplane::worker::{Worker, WorkerConfig};
 use afgate_dataplane::xsk::socket::RingSizes;
@@ -74,6 +75,9 @@ pub struct Runtime {
     pub tables: Arc<ArcSwap<Tables>>,
     pub shared: Arc<Shared>,
     pub counters: Vec<Arc<WorkerCounters>>,
+    /// Per worker: latency histogram, generation use, capture taps (`control::api`).
+    pub obs: Vec<Arc<WorkerObs>>,
+    pub capture: Arc<CaptureCtl>,
     pub attached: Vec<Attached>,
     pub epoch: Instant,
 }
@@ -113,6 +117,8 @@ impl Runtime {
         let epoch = Instant::now();
         let mut workers = Vec::new();
         let mut counters = Vec::new();
+        let capture = Arc::new(CaptureCtl::default());
+        let mut obs = Vec::new();
         for (w, wcfg) in cfg.workers.iter().enumerate() {
             let xerr = |source| RuntimeError::Xsk { worker: w, source };
             let (umem, pool) = Umem::new(cfg.layout).map_err(xerr)?;
@@ -135,6 +141,9 @@ impl Runtime {
                 stop.clone(),
                 epoch,
             );
+            let o = Arc::new(WorkerObs::new(capture.clone()));
+            let worker = worker.with_observer(o.clone());
+            obs.push(o);
             // Register only once the worker's fill rings are stocked, so the first
             // redirected frames have somewhere to land.
             for (i, p) in cfg.ports.iter().enumerate() {
@@ -167,6 +176,8 @@ impl Runtime {
             tables,
             shared,
             counters,
+            obs,
+            capture,
             attached,
             epoch,
         })

@@ -82,6 +82,25 @@ named_enum! {
         PortDown = "port_down",
         /// Not a drop: the pipeline consumed the frame (an ARP reply it learned from).
         Consumed = "consumed",
+        /// 802.1Q: a tag (or no tag) the ingress port does not carry: unknown VLAN on a
+        /// trunk, tagged frame on an access or untagged port, untagged on a trunk without a
+        /// native VLAN.
+        VlanNotAllowed = "vlan_not_allowed",
+        /// 802.1Q: two tags (QinQ 0x88a8, or 0x8100 inside 0x8100); not carried.
+        VlanDoubleTagged = "vlan_double_tagged",
+        /// VXLAN to a node address with a VNI no overlay has.
+        VxlanUnknownVni = "vxlan_unknown_vni",
+        /// VXLAN from a source that is not a configured remote VTEP of its overlay.
+        VxlanUnknownVtep = "vxlan_unknown_vtep",
+        /// A route names an overlay next hop that has no VTEP entry.
+        VxlanNoVtep = "vxlan_no_vtep",
+        /// Not enough headroom in the frame buffer to push a header.
+        NoHeadroom = "no_headroom",
+        /// Every member of the egress bond is down.
+        BondNoMember = "bond_no_member",
+        /// Next hop's MAC unknown and an ARP request for it went out less than a second
+        /// ago: the frame is dropped instead of becoming another request.
+        NeighRateLimited = "neigh_rate_limited",
     }
 }
 
@@ -95,6 +114,12 @@ named_enum! {
         IcmpEchoReply = "icmp_echo_reply",
         IcmpTimeExceededSent = "icmp_time_exceeded_sent",
         IcmpUnreachableSent = "icmp_unreachable_sent",
+        VxlanEncap = "vxlan_encap",
+        VxlanDecap = "vxlan_decap",
+        VlanPush = "vlan_push",
+        VlanPop = "vlan_pop",
+        GratuitousArpSent = "gratuitous_arp_sent",
+        FramesInjected = "frames_injected",
     }
 }
 

@@ -2,13 +2,16 @@
 //! and publishes with one pointer swap, and [`Shared`] state the workers update themselves
 //! (learned neighbours; later conntrack), lock-free.
 
+pub mod bond;
 pub mod fib;
 pub mod neigh;
+pub mod overlay;
 pub mod ports;
 
 pub use fib::{Fib, NextHop, Route};
 pub use neigh::NeighCache;
 pub use ports::{Port, PortId, PortRole, Ports};
+pub use overlay::{PortKind, VlanMode};
 
 use core::net::Ipv4Addr;
 use hashbrown::HashMap;
@@ -24,6 +27,12 @@ pub struct Tables {
     pub local: HashMap<Ipv4Addr, PortId>,
     /// Bumped on every publication; lets tests and `ctl` tell snapshots apart.
     pub generation: u64,
+    /// VXLAN overlays and their remote VTEPs (`pipeline::vxlan`).
+    pub vxlan: overlay::Vxlan,
+    /// VLAN subinterfaces by (parent, vid) (`pipeline::vlan`).
+    pub subifs: overlay::SubIfs,
+    /// Bonds and their live members (`pipeline::bond`).
+    pub bonds: bond::Bonds,
 }
 
 impl Tables {
@@ -37,12 +46,15 @@ impl Tables {
 #[derive(Debug)]
 pub struct Shared {
     pub neigh: NeighCache,
+    /// One ARP request per unresolved neighbour per second (`pipeline::neigh`).
+    pub arp_limit: neigh::ArpLimiter,
 }
 
 impl Shared {
     pub fn new(neigh_capacity: usize) -> Self {
         Shared {
             neigh: NeighCache::new(neigh_capacity),
+            arp_limit: neigh::ArpLimiter::new(neigh_capacity.min(4096)),
         }
     }
 }

@@ -227,6 +227,62 @@ impl NeighCache {
     }
 }
 
+/// How old a learned entry may get before the control thread re-ARPs it, and how much
+/// longer it may go unconfirmed before it is removed (Linux: `base_reachable_time` ~30 s and
+/// `gc_stale_time` 60 s; a node's neighbours are few and stable, so minutes are fine).
+pub const REFRESH_AFTER_S: u32 = 300;
+pub const EXPIRE_AFTER_S: u32 = 330;
+
+/// Rate limit for ARP requests the packet path sends: at most one per neighbour per
+/// [`ArpLimiter::INTERVAL_MS`], whichever worker sends it.
+///
+/// Why a limiter and not a queue of frames waiting for resolution: a pending queue must
+/// hold UMEM frames across passes, which ties the pure pipeline to the worker's frame
+/// ownership, and a burst towards an unresolved neighbour would pin frames the fill rings
+/// need. Like Linux with `unres_qlen` 0, the first packet becomes the request and the rest
+/// are dropped (counted as `neigh_rate_limited`) until the reply arrives, normally within a
+/// round trip; TCP and ping retransmit. The limiter keeps a flood to an absent neighbour from
+/// becoming a flood of broadcasts.
+///
+/// Lossy by design: one word per slot, `(ip << 32) | ms`; two neighbours hashing to one
+/// slot may each send an extra request, never fewer than one per interval.
+#[derive(Debug)]
+pub struct ArpLimiter {
+    slots: Box<[AtomicU64]>,
+    mask: usize,
+}
+
+impl ArpLimiter {
+    pub const INTERVAL_MS: u32 = 1000;
+
+    pub fn new(capacity: usize) -> Self {
+        let n = capacity.max(1).next_power_of_two();
+        ArpLimiter {
+            slots: (0..n).map(|_| AtomicU64::new(0)).collect(),
+            mask: n - 1,
+        }
+    }
+
+    /// True if a request for `ip` may be sent now (and records it); `now_ms` is the
+    /// dataplane clock in milliseconds (wrapping is fine: only differences are compared).
+    #[inline]
+    pub fn allow(&self, ip: Ipv4Addr, now_ms: u32) -> bool {
+        let key = u32::from(ip);
+        let slot = &self.slots[hash(key) & self.mask];
+        let old = slot.load(Ordering::Relaxed);
+        // `| 1` so that a slot never reads as "sent at 0 ms" by an empty value.
+        let new = (u64::from(key) << 32) | u64::from(now_ms | 1);
+        if (old >> 32) as u32 == key
+            && old != 0
+            && now_ms.wrapping_sub(old as u32) < Self::INTERVAL_MS
+        {
+            return false;
+        }
+        slot.compare_exchange(old, new, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -295,5 +351,17 @@ mod tests {
             }
         }
         writer.join().unwrap();
+    }
+
+    #[test]
+    fn arp_limiter_allows_one_per_interval() {
+        let l = ArpLimiter::new(64);
+        let a = Ipv4Addr::new(10, 0, 0, 1);
+        let b = Ipv4Addr::new(10, 0, 0, 2);
+        assert!(l.allow(a, 10));
+        assert!(!l.allow(a, 500));
+        assert!(l.allow(b, 500));
+        assert!(l.allow(a, 1011));
+        assert!(!l.allow(a, 1500));
     }
 }

@@ -39,7 +39,7 @@ impl PortRole {
 /// 169.254.1.1 dev eth0 onlink`); the node answers ARP for it on pod ports.
 pub const POD_GATEWAY: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Port {
     pub id: PortId,
     pub name: String,
@@ -49,6 +49,10 @@ pub struct Port {
     /// Configured addresses with their prefix lengths.
     pub addrs: Vec<(Ipv4Addr, u8)>,
     pub mtu: u16,
+    /// 802.1Q handling on this wire (physical ports and bonds; see `tables::overlay`).
+    pub vlan: super::overlay::VlanMode,
+    /// Physical, bond member, or a logical interface (VLAN subinterface, bond, VXLAN).
+    pub kind: super::overlay::PortKind,
 }
 
 impl Port {
