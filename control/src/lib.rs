@@ -1,6 +1,14 @@
 //! afgate's control side: configuration, bringing the dataplane up, the CLI.
 
+pub mod api;
+pub mod capture;
+pub mod client;
 pub mod config;
+pub mod ctl;
+pub mod k8s;
+pub mod metrics;
+pub mod reload;
 pub mod run;
 pub mod runtime;
 pub mod stats;
+pub mod trace;

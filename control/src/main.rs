@@ -29,7 +29,28 @@ enum Cmd {
         /// Stop by itself after SECS seconds.
         #[arg(long, value_name = "SECS")]
         duration: Option<f64>,
+        /// The control socket (default: the config's api.socket, else /run/afgate/afgate.sock).
+        #[arg(long, value_name = "PATH")]
+        api: Option<PathBuf>,
+        /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9469).
+        #[arg(long, value_name = "ADDR")]
+        metrics: Option<std::net::SocketAddr>,
     },
+    /// Talk to the running afgate: routes, neighbours, stats, services, conntrack.
+    Ctl(afgate::ctl::CtlArgs),
+    /// Apply a changed configuration file to the running afgate (all or nothing).
+    Reload {
+        #[arg(short, long)]
+        config: PathBuf,
+        #[arg(long, value_name = "PATH", default_value = afgate::api::DEFAULT_SOCKET)]
+        api: PathBuf,
+        #[arg(short = 'o', long, value_enum, default_value_t = afgate::ctl::Output::Text)]
+        output: afgate::ctl::Output,
+    },
+    /// Show what the pipeline does with a described frame (a dry run).
+    Trace(afgate::ctl::TraceArgs),
+    /// Copy a port's frames into a pcap file.
+    Capture(afgate::ctl::CaptureArgs),
     /// Validate a configuration file without touching the system.
     Check {
         #[arg(short, long)]
@@ -44,10 +65,14 @@ fn main() -> ExitCode {
             config,
             stats,
             duration,
+            api,
+            metrics,
         } => match run(&RunOptions {
             config,
             stats_interval: stats,
             duration,
+            api,
+            metrics,
         }) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -55,6 +80,14 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Cmd::Ctl(a) => report(afgate::ctl::run(&a)),
+        Cmd::Reload {
+            config,
+            api,
+            output,
+        } => report(afgate::ctl::reload(&api, &config, output)),
+        Cmd::Trace(a) => report(afgate::ctl::trace(&a)),
+        Cmd::Capture(a) => report(afgate::ctl::capture(&a)),
         Cmd::Check { config } => match Config::load(&config) {
             Ok(c) => {
                 println!(
@@ -72,5 +105,15 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+    }
+}
+
+fn report(r: anyhow::Result<()>) -> ExitCode {
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("afgate: {e:#}");
+            ExitCode::FAILURE
+        }
     }
 }

@@ -25,6 +25,10 @@ pub struct RunOptions {
     pub stats_interval: Option<f64>,
     /// Stop by itself after this many seconds (demo and tests).
     pub duration: Option<f64>,
+    /// The control socket; overrides the config's `api.socket`.
+    pub api: Option<PathBuf>,
+    /// The metrics listener; overrides the config's `api.metrics_addr`.
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 /// Neighbour cache size: ample for a node's pods and gateways.
@@ -104,7 +108,7 @@ pub fn run(opts: &RunOptions) -> anyhow::Result<()> {
             );
         }
     }
-    let tables = cfg
+    let mut tables = cfg
         .tables(&|dev| Ok((sys::device_mac(dev)?, sys::device_mtu(dev)?)))
         .with_context(|| format!("{}: reading the ports' devices", opts.config.display()))?;
     for p in &cfg.ports {
@@ -118,7 +122,25 @@ pub fn run(opts: &RunOptions) -> anyhow::Result<()> {
             );
         }
     }
-    let shared = Shared::new(NEIGH_CAPACITY);
+    // Bond members whose link is down at start carry nothing; `poll_bond_carrier` follows
+    // changes while running.
+    let bond_members = cfg.bond_members();
+    let mut carrier: Vec<bool> = bond_members
+        .iter()
+        .map(|(id, dev)| {
+            let up = sys::device_carrier(dev);
+            tables.bonds.set_member_up(*id, up);
+            up
+        })
+        .collect();
+    let mut last_carrier_poll = Instant::now();
+    let shared = Shared::with_conntrack(NEIGH_CAPACITY, cfg.conntrack.config());
+    let lc_services = cfg
+        .services
+        .iter()
+        .any(|s| s.scheduler == crate::config::services::SchedulerCfg::Lc);
+    let mut last_gc = Instant::now();
+    let mut last_lc = Instant::now();
     for (ip, mac, port) in cfg.static_neighbours() {
         shared.neigh.set_static(ip, mac, port);
     }
@@ -128,7 +150,45 @@ pub fn run(opts: &RunOptions) -> anyhow::Result<()> {
     }
     let nworkers = rcfg.workers.len();
     let poll = cfg.workers.poll;
+    let api_path = opts
+        .api
+        .clone()
+        .or_else(|| cfg.api.socket.clone())
+        .unwrap_or_else(|| PathBuf::from(crate::api::DEFAULT_SOCKET));
+    let metrics_addr = opts.metrics.or(cfg.api.metrics_addr);
+    // Bound before the ports are taken over, so a busy socket or address fails start-up
+    // with nothing attached.
+    let listener = crate::api::bind(&api_path)?;
+    let metrics_listener = metrics_addr.map(crate::metrics::bind).transpose()?;
     let rt = Runtime::start(rcfg, tables, shared)?;
+    let ctl = Arc::new(crate::api::Control::new(
+        cfg.clone(),
+        rt.tables.clone(),
+        rt.shared.clone(),
+        rt.counters.clone(),
+        rt.obs.clone(),
+        rt.capture.clone(),
+        rt.epoch,
+        Box::new(|dev| Ok((sys::device_mac(dev)?, sys::device_mtu(dev)?))),
+    ));
+    let api_stop = Arc::new(AtomicBool::new(false));
+    let mut api_threads = Vec::new();
+    {
+        let (ctl, stop) = (ctl.clone(), api_stop.clone());
+        api_threads.push(
+            std::thread::Builder::new()
+                .name("afgate-api".into())
+                .spawn(move || crate::api::serve(ctl, listener, stop))?,
+        );
+    }
+    if let Some(l) = metrics_listener {
+        let (ctl, stop) = (ctl.clone(), api_stop.clone());
+        api_threads.push(
+            std::thread::Builder::new()
+                .name("afgate-metrics".into())
+                .spawn(move || crate::metrics::serve(ctl, l, stop))?,
+        );
+    }
     for a in &rt.attached {
         let zc = a.sockets.iter().all(|s| s.2);
         println!(
@@ -154,6 +214,10 @@ pub fn run(opts: &RunOptions) -> anyhow::Result<()> {
         "afgate: {nworkers} worker(s) on cores {:?}, poll {:?}",
         cfg.workers.cores, poll
     );
+    println!("afgate: api {}", api_path.display());
+    if let Some(a) = metrics_addr {
+        println!("afgate: metrics http://{a}/metrics");
+    }
     println!("afgate: ready");
     std::io::stdout().flush().ok();
 
@@ -168,11 +232,27 @@ pub fn run(opts: &RunOptions) -> anyhow::Result<()> {
     );
     while !term.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(50));
+        if !bond_members.is_empty() && last_carrier_poll.elapsed() >= BOND_POLL {
+            last_carrier_poll = Instant::now();
+            // Under the API's lock: a carrier change and an API change must not both
+            // publish a clone of the same snapshot (one would be lost).
+            let _g = ctl.lock();
+            poll_bond_carrier(&rt, &bond_members, &mut carrier);
+        }
         if opts
             .duration
             .is_some_and(|d| start.elapsed().as_secs_f64() >= d)
         {
             break;
+        }
+        ctl.observe_generations();
+        if last_gc.elapsed() >= CT_GC_EVERY {
+            last_gc = Instant::now();
+            conntrack_gc(&rt);
+        }
+        if lc_services && last_lc.elapsed() >= LC_RECOUNT_EVERY {
+            last_lc = Instant::now();
+            lc_recount(&rt);
         }
         if let Some(iv) = opts.stats_interval
             && last.0.elapsed().as_secs_f64() >= iv
@@ -182,11 +262,22 @@ pub fn run(opts: &RunOptions) -> anyhow::Result<()> {
             last = (Instant::now(), now);
         }
     }
-    let final_stats = stats::collect(&rt.counters, &rt.tables.load());
+    let mut final_stats = stats::collect(&rt.counters, &rt.tables.load());
+    final_stats.conntrack = rt.shared.conntrack.stats().into();
     println!(
         "afgate: final-stats {}",
         serde_json::to_string(&final_stats)?
     );
+    api_stop.store(true, Ordering::Relaxed);
+    crate::api::wake(&api_path);
+    if let Some(a) = metrics_addr {
+        crate::metrics::wake(a);
+    }
+    for t in api_threads {
+        let _ = t.join();
+    }
+    let _ = std::fs::remove_file(&api_path);
+    drop(ctl);
     let nports = rt.attached.len();
     let errors = rt.stop();
     for e in &errors {
@@ -197,6 +288,57 @@ pub fn run(opts: &RunOptions) -> anyhow::Result<()> {
         nports - errors.len()
     );
     Ok(())
+}
+
+/// Conntrack garbage collection: a slice of the table every 100 ms, sized so that the
+/// whole table is swept about every 10 s (expired entries are misses meanwhile, and a full
+/// table reclaims expired slots on insert, so sweeping only bounds how long they linger).
+const CT_GC_EVERY: Duration = Duration::from_millis(100);
+
+fn conntrack_gc(rt: &crate::runtime::Runtime) {
+    let ct = &rt.shared.conntrack;
+    let budget = (ct.capacity() / 100).max(1024);
+    ct.gc(rt.now_s(), budget);
+}
+
+/// How often the `lc` scheduler's per-backend flow counts are recounted from conntrack.
+const LC_RECOUNT_EVERY: Duration = Duration::from_secs(1);
+
+/// One pass over conntrack, counting live flows per (service, backend), published for the
+/// workers' `lc` scheduler (see `service::LcCounts`).
+fn lc_recount(rt: &crate::runtime::Runtime) {
+    let mut counts: std::collections::HashMap<(u32, u32), u64> = Default::default();
+    for e in rt.shared.conntrack.entries(rt.now_s()) {
+        if e.service != 0 {
+            *counts.entry((e.service, e.backend)).or_default() += 1;
+        }
+    }
+    rt.shared
+        .lc
+        .publish(counts.into_iter().map(|((s, b), n)| (s, b, n)));
+}
+
+/// How often bond members' carrier is polled (Linux bonding's `miimon` is typically 100).
+const BOND_POLL: Duration = Duration::from_millis(200);
+
+/// Publishes a snapshot with the bond's live members whenever a member's carrier changed, so
+/// its flows rehash onto the others at the workers' next batch.
+fn poll_bond_carrier(rt: &Runtime, members: &[(afgate_dataplane::tables::PortId, String)], carrier: &mut [bool]) {
+    let mut next: Option<afgate_dataplane::tables::Tables> = None;
+    for ((id, dev), was) in members.iter().zip(carrier.iter_mut()) {
+        let up = sys::device_carrier(dev);
+        if up == *was {
+            continue;
+        }
+        *was = up;
+        println!("afgate: bond member {dev} {}", if up { "up" } else { "down" });
+        let t = next.get_or_insert_with(|| (**rt.tables.load()).clone());
+        t.bonds.set_member_up(*id, up);
+    }
+    if let Some(mut t) = next {
+        t.generation += 1;
+        rt.publish(t);
+    }
 }
 
 fn print_rates(before: &stats::Stats, now: &stats::Stats, secs: f64) {

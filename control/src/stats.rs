@@ -23,6 +23,35 @@ pub struct Stats {
     pub events: BTreeMap<&'static str, u64>,
     /// Per worker: fraction of poll passes that moved frames.
     pub busy_ratio: Vec<f64>,
+    /// Per worker: frames received over all its queues.
+    pub worker_rx_packets: Vec<u64>,
+    /// The conntrack table's counters (filled by `afgate run` from the shared table).
+    pub conntrack: ConntrackStats,
+}
+
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct ConntrackStats {
+    pub entries: u64,
+    pub capacity: u64,
+    pub inserts: u64,
+    pub insert_races: u64,
+    pub early_drops: u64,
+    pub expired: u64,
+    pub full_drops: u64,
+}
+
+impl From<afgate_dataplane::conntrack::Stats> for ConntrackStats {
+    fn from(s: afgate_dataplane::conntrack::Stats) -> Self {
+        ConntrackStats {
+            entries: s.entries,
+            capacity: s.capacity,
+            inserts: s.inserts,
+            insert_races: s.insert_races,
+            early_drops: s.early_drops,
+            expired: s.expired,
+            full_drops: s.full_drops,
+        }
+    }
 }
 
 pub fn collect(workers: &[Arc<WorkerCounters>], tables: &Tables) -> Stats {
@@ -52,6 +81,7 @@ pub fn collect(workers: &[Arc<WorkerCounters>], tables: &Tables) -> Stats {
             s.events.insert(e.name(), n);
         }
     }
+    s.worker_rx_packets = workers.iter().map(|w| w.ports.iter().map(|p| p.rx_packets.get()).sum()).collect();
     s.busy_ratio = workers
         .iter()
         .map(|w| {

@@ -101,6 +101,14 @@ named_enum! {
         /// Next hop's MAC unknown and an ARP request for it went out less than a second
         /// ago: the frame is dropped instead of becoming another request.
         NeighRateLimited = "neigh_rate_limited",
+        /// A non-first fragment to a service address: it has no ports to translate by.
+        NatFragment = "nat_fragment",
+        /// To a service address (ClusterIP, external, LB) on a port/protocol no service has.
+        VipNoService = "vip_no_service",
+        /// The conntrack table is full: a new NATed flow could not be tracked.
+        ConntrackFull = "conntrack_full",
+        /// No free SNAT source port (or the un-SNATed reply tuple is already tracked).
+        NatNoPort = "nat_no_port",
     }
 }
 
@@ -120,6 +128,20 @@ named_enum! {
         VlanPop = "vlan_pop",
         GratuitousArpSent = "gratuitous_arp_sent",
         FramesInjected = "frames_injected",
+        /// A new flow scheduled to a service backend and tracked.
+        ServiceNewFlow = "service_new_flow",
+        /// A service with no ready backend answered with TCP RST / ICMP port unreachable.
+        ServiceReject = "service_reject",
+        /// A new flow source-NATed (masquerade, hairpin, externalTrafficPolicy Cluster).
+        SnatNewFlow = "snat_new_flow",
+        /// The SNAT port was taken; another was tried.
+        SnatPortRetry = "snat_port_retry",
+        /// An ICMP error about a tracked flow was translated (conntrack RELATED).
+        NatIcmpRelated = "nat_icmp_related",
+        /// A UDP entry whose backend was removed was dropped and its packet rescheduled.
+        ServiceRebalanced = "service_rebalanced",
+        /// ICMP echo to a service address answered by the node.
+        VipEchoReply = "vip_echo_reply",
     }
 }
 

@@ -8,12 +8,19 @@
 //! - [`xsk`], [`worker`]: AF_XDP rings and the pinned poll-mode loops that drive the pipeline.
 #![deny(unsafe_code)]
 
+pub mod conntrack;
 pub mod counters;
 pub mod frame;
 pub mod observe;
 pub mod pipeline;
+pub mod service;
 pub mod sys;
 pub mod tables;
 pub mod wire;
 pub mod worker;
+
 pub mod xsk;
+
+#[cfg(test)]
+#[allow(unsafe_code)]
+mod no_alloc;

@@ -85,6 +85,8 @@ pub struct Worker {
     stop: Arc<AtomicBool>,
     epoch: Instant,
     config: WorkerConfig,
+    /// Scheduler state only this worker touches (`service::WorkerLocal`).
+    local: crate::service::WorkerLocal,
 }
 
 impl core::fmt::Debug for Worker {
@@ -133,6 +135,7 @@ impl Worker {
             stop,
             epoch,
             config: WorkerConfig { batch, ..config },
+            local: crate::service::WorkerLocal::new(config.index),
         };
         for p in 0..w.ports.len() {
             w.refill(p);
@@ -183,6 +186,7 @@ impl Worker {
             now_s: elapsed.as_secs() as u32,
             now_ns: elapsed.as_nanos() as u64,
             trace: None,
+            local: &self.local,
         };
         // Looked at once per pass: a capture is the exception, and its session stays
         // alive (Arc) until this pass is done with it.

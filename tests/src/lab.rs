@@ -68,14 +68,20 @@ pub struct VethSpec {
     pub a: End,
     pub b: End,
     pub mtu: u32,
+    /// rx and tx queues on each end: one per afgate worker (each worker serves one queue).
+    pub queues: u32,
 }
 
 impl VethSpec {
     pub fn new(a: End, b: End) -> VethSpec {
-        VethSpec { a, b, mtu: 1500 }
+        VethSpec { a, b, mtu: 1500, queues: 1 }
     }
     pub fn mtu(mut self, mtu: u32) -> VethSpec {
         self.mtu = mtu;
+        self
+    }
+    pub fn queues(mut self, queues: u32) -> VethSpec {
+        self.queues = queues.max(1);
         self
     }
 }
@@ -119,6 +125,13 @@ impl LabBuilder {
     }
     pub fn veth(mut self, spec: VethSpec) -> LabBuilder {
         self.veths.push(spec);
+        self
+    }
+    /// Gives every veth declared so far `n` rx/tx queues (for multi-worker labs).
+    pub fn queues(mut self, n: u32) -> LabBuilder {
+        for v in &mut self.veths {
+            v.queues = n.max(1);
+        }
         self
     }
     /// `ip route replace SPEC` in `ns`, e.g. `"default via 169.254.1.1 dev eth0 onlink"` or
@@ -262,10 +275,12 @@ impl Lab {
         let mtu_b = v.b.mtu.unwrap_or(v.mtu).to_string();
         let mac_a = v.a.mac.map(|m| m.to_string());
         let mac_b = v.b.mac.map(|m| m.to_string());
+        let queues = v.queues.to_string();
         let mut argv = vec!["link", "add", &v.a.dev, "mtu", &mtu_a];
         if let Some(m) = &mac_a {
             argv.extend(["address", m.as_str()]);
         }
+        argv.extend(["numtxqueues", &queues, "numrxqueues", &queues]);
         argv.extend([
             "type",
             "veth",
@@ -276,6 +291,10 @@ impl Lab {
             b.name(),
             "mtu",
             &mtu_b,
+            "numtxqueues",
+            &queues,
+            "numrxqueues",
+            &queues,
         ]);
         if let Some(m) = &mac_b {
             argv.extend(["address", m.as_str()]);

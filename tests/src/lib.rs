@@ -24,6 +24,7 @@
 pub mod capture;
 pub mod lab;
 pub mod netns;
+pub mod overlay_lab;
 pub mod peer;
 pub mod ping;
 pub mod process;

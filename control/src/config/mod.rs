@@ -8,8 +8,11 @@
 //! allowed.
 
 pub mod locate;
+mod overlay;
+pub mod services;
 mod types;
 
+pub use overlay::*;
 pub use types::*;
 
 use std::fmt;

@@ -71,6 +71,25 @@ pub struct Config {
     /// (management SSH, the node's own control traffic).
     #[serde(default)]
     pub passthrough: Vec<PassCfg>,
+    /// Bonds of uplink ports (see `config::overlay`).
+    #[serde(default)]
+    pub bonds: Vec<super::overlay::BondCfg>,
+    /// VXLAN overlays and their remote VTEPs (see `config::overlay`).
+    #[serde(default)]
+    pub vxlan: super::overlay::VxlanCfg,
+    /// The control socket and the metrics listener (see `crate::api::ApiCfg`).
+    #[serde(default)]
+    pub api: crate::api::ApiCfg,
+    /// Services (ClusterIP, NodePort, external and LB IPs) and their backends (see
+    /// `config::services`).
+    #[serde(default)]
+    pub services: Vec<super::services::ServiceCfg>,
+    /// SNAT rules (see `config::services`).
+    #[serde(default)]
+    pub masquerade: Vec<super::services::MasqCfg>,
+    /// Connection-tracking size and timeouts (see `config::services`).
+    #[serde(default)]
+    pub conntrack: super::services::ConntrackCfg,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
@@ -209,6 +228,9 @@ pub struct PortCfg {
     /// Pass unicast frames addressed to other MACs to the kernel instead of dropping them.
     #[serde(default = "yes")]
     pub only_own_mac: bool,
+    /// 802.1Q: `{ access: VID }` or `{ trunk: [VIDs], native: VID }` (see `config::overlay`).
+    #[serde(default)]
+    pub vlan: Option<super::overlay::VlanCfg>,
 }
 
 fn yes() -> bool {
@@ -280,7 +302,7 @@ pub struct PassCfg {
     pub port: u16,
 }
 
-fn valid_name(s: &str) -> bool {
+pub(super) fn valid_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 15
         && s.chars()
@@ -410,7 +432,8 @@ impl Config {
                 }
             }
         }
-        let port_exists = |n: &str| self.ports.iter().any(|p| p.name == n);
+        // Routes and neighbours may name logical interfaces too (bond0, biz.1155, vxlan.2).
+        let port_exists = |n: &str| self.interface_id(n).is_some();
         let mut dsts = HashSet::new();
         for (i, r) in self.routes.iter().enumerate() {
             let net = r.dst.0.network();
@@ -463,14 +486,14 @@ impl Config {
                 );
             }
         }
+        errs.extend(self.validate_overlay());
+        errs.extend(self.validate_services());
         errs
     }
 
+    /// The id of a port or logical interface by name.
     pub fn port_id(&self, name: &str) -> Option<PortId> {
-        self.ports
-            .iter()
-            .position(|p| p.name == name)
-            .map(|i| PortId(i as u16))
+        self.interface_id(name)
     }
 
     /// Builds the dataplane tables. `device` tells each port's MAC and MTU (from the
@@ -497,6 +520,7 @@ impl Config {
                     .map(|a| (a.0.address(), a.0.prefix_len()))
                     .collect(),
                 mtu: p.mtu.unwrap_or(dev_mtu),
+                ..Default::default()
             });
             for a in &p.addresses {
                 tables.local.insert(a.0.address(), id);
@@ -514,6 +538,7 @@ impl Config {
                 }
             }
         }
+        self.build_overlay(&mut ports, &mut tables);
         tables.ports = Ports::new(ports);
         for r in &self.routes {
             let nexthops = match &r.dev {
@@ -533,6 +558,7 @@ impl Config {
             let net = r.dst.0.network();
             tables.fib.insert(net.address(), net.prefix_len(), nexthops);
         }
+        tables.services = self.service_table();
         Ok(tables)
     }
 

@@ -52,9 +52,17 @@ fn ipv4(frame: &mut Frame, meta: &RxMeta, ctx: &Ctx) -> Action {
     if end < frame.len() && !frame.set_len(end) {
         return Action::Drop(DropReason::Malformed);
     }
-    // Later stages slot in here: VXLAN decap (tunnel traffic to a node address), then
-    // services/NAT (conntrack hit → translate; VIP → schedule + DNAT), before routing on
-    // the translated address (SPEC B8).
+    // VXLAN to a node address: the inner frame goes through classification again.
+    if let Some(action) = super::vxlan::decap(frame, meta, ctx) {
+        return action;
+    }
+    // Services/NAT: a conntrack hit is translated, a VIP scheduled and DNATed; either way
+    // the packet is routed on its translated address (SPEC B8).
+    match super::service::run(frame, meta, ctx) {
+        super::service::Next::Continue => {}
+        super::service::Next::Route => return route::forward(frame, meta, ctx),
+        super::service::Next::Done(action) => return action,
+    }
     if ctx.tables.is_local(dst) {
         crate::trace_step!(ctx, "classify", "{dst} is a node address");
         return local::run(frame, meta, ctx);

@@ -3,18 +3,30 @@
 //! and every stage is tested frame by frame with plain buffers.
 //!
 //! Stages, one file each, in the order a frame meets them:
-//! - [`classify`]: Ethernet checks, dispatch on EtherType.
+//! - [`vlan`] (with [`bond`]): the ingress interface: bond member → bond, 802.1Q pop →
+//!   subinterface, access VLAN implied.
+//! - [`classify`]: Ethernet checks, dispatch on EtherType; [`vxlan`] decapsulation of
+//!   tunnel traffic to a node address (the inner frame is classified again).
 //! - [`arp`]: answers for the node's addresses and (proxy) for the pod gateway; learns.
 //! - [`local`]: IPv4 addressed to the node itself (ICMP echo).
 //! - [`route`]: longest-prefix match, TTL, MTU, next-hop MAC rewrite or ARP resolution.
 //! - [`icmp`]: ICMP errors built in place of the offending frame.
+//! - [`egress`]: from next hop to physical port: VXLAN encapsulation ([`vxlan`]), next-hop
+//!   MAC or ARP request ([`neigh`]), 802.1Q push, bond member choice.
 
 pub mod arp;
+pub mod bond;
 pub mod classify;
+pub mod egress;
 pub mod flow;
 pub mod icmp;
 pub mod local;
+pub mod neigh;
+pub mod nat;
 pub mod route;
+pub mod service;
+pub mod vlan;
+pub mod vxlan;
 
 use crate::counters::{DropReason, WorkerCounters};
 use crate::frame::Frame;
@@ -77,6 +89,8 @@ pub struct Ctx<'a> {
     pub now_ns: u64,
     /// Set by `afgate trace`: record decisions, change no shared state.
     pub trace: Option<&'a Trace>,
+    /// This worker's own scheduler state (round-robin cursors, PRNG, SNAT port cursor).
+    pub local: &'a crate::service::WorkerLocal,
 }
 
 impl Ctx<'_> {
@@ -90,7 +104,16 @@ impl Ctx<'_> {
 /// Runs one frame through the pipeline.
 #[inline]
 pub fn process(frame: &mut Frame, meta: &RxMeta, ctx: &Ctx) -> Action {
-    classify::run(frame, meta, ctx)
+    // Stages see the interface the frame arrived on (bond, VLAN subinterface), not the
+    // physical port; the worker keeps the physical one for its own accounting.
+    let mut meta = *meta;
+    if let Err(reason) = vlan::ingress(frame, &mut meta, ctx) {
+        return Action::Drop(reason);
+    }
+    match classify::run(frame, &meta, ctx) {
+        Action::Tx(port) => egress::output(frame, port, ctx),
+        drop => drop,
+    }
 }
 
 #[cfg(test)]

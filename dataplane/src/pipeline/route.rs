@@ -1,17 +1,16 @@
-//! Forwarding: longest-prefix match on the destination, TTL and MTU checks, then the next
-//! hop's MAC from the neighbour cache — or, when it is unknown, the frame is turned into an
-//! ARP request for that neighbour (the packet itself is lost, counted; its sender retries).
+//! Forwarding: longest-prefix match on the destination, TTL and MTU checks (the MTU of the
+//! egress interface: 1450 for the VXLAN overlay), then [`super::egress::to_nexthop`]: VXLAN
+//! encapsulation, the next hop's MAC from the neighbour cache — or, when it is unknown, the
+//! frame is turned into an ARP request for that neighbour (the packet itself is lost,
+//! counted; its sender retries) — VLAN tag and bond member.
 
 use super::{Action, Ctx, RxMeta, flow, icmp};
-use crate::counters::{DropReason, Event};
+use crate::counters::DropReason;
 use crate::frame::Frame;
 use crate::tables::Port;
 use crate::tables::ports::{POD_GATEWAY, PortRole};
 use crate::wire::icmp::{DstUnreachable, Message, TimeExceeded};
-use crate::wire::{
-    ArpOperation, ArpPacket, ArpRepr, EtherType, EthernetAddress, EthernetFrame, Ipv4Packet,
-    ethernet,
-};
+use crate::wire::{Ipv4Packet, ethernet};
 use core::net::Ipv4Addr;
 
 pub fn forward(frame: &mut Frame, meta: &RxMeta, ctx: &Ctx) -> Action {
@@ -75,24 +74,8 @@ pub fn forward(frame: &mut Frame, meta: &RxMeta, ctx: &Ctx) -> Action {
         .unwrap_or(Action::Drop(DropReason::TooBig));
     }
     Ipv4Packet::new_unchecked(&mut frame.data_mut()[ethernet::HEADER_LEN..]).decrement_ttl();
-    let neighbour = nh.neighbour(dst);
-    crate::trace_step!(ctx, "route", "{dst} → port {} via {}", out.name, neighbour);
-    match ctx.shared.neigh.lookup(neighbour) {
-        Some(n) => {
-            crate::trace_step!(ctx, "neigh", "{neighbour} is {}", EthernetAddress(n.mac));
-            let mut eth = EthernetFrame::new_unchecked(frame.data_mut());
-            eth.set_dst_addr(EthernetAddress(n.mac));
-            eth.set_src_addr(EthernetAddress(out.mac));
-            Action::Tx(nh.port)
-        }
-        None => {
-            crate::trace_step!(ctx, "neigh", "{neighbour} unresolved: ARP request instead");
-            ctx.counters.dropped(DropReason::NeighUnresolved);
-            ctx.counters.event(Event::ArpRequestSent);
-            arp_request(frame, out, neighbour, ctx);
-            Action::Tx(nh.port)
-        }
-    }
+    // VXLAN encapsulation, next-hop MAC (or ARP request), VLAN tag, bond member.
+    super::egress::to_nexthop(frame, meta, ctx, &nh, dst)
 }
 
 /// The address afgate speaks from on `port` when it originates a frame there: the port's
@@ -108,34 +91,12 @@ pub fn source_addr(port: &Port, ctx: &Ctx) -> Option<Ipv4Addr> {
         .or_else(|| ctx.tables.ports.iter().find_map(|p| p.primary_addr()))
 }
 
-/// Rewrites `frame` into a broadcast ARP request for `target` from `out`.
-fn arp_request(frame: &mut Frame, out: &Port, target: Ipv4Addr, ctx: &Ctx) {
-    let len = ethernet::HEADER_LEN + crate::wire::arp::PACKET_LEN;
-    let ok = frame.set_len(len.max(60));
-    debug_assert!(ok, "a received frame always has room for 60 bytes");
-    let data = frame.data_mut();
-    data.fill(0);
-    let mut eth = EthernetFrame::new_unchecked(&mut data[..]);
-    eth.set_dst_addr(EthernetAddress::BROADCAST);
-    eth.set_src_addr(EthernetAddress(out.mac));
-    eth.set_ethertype(EtherType::Arp);
-    ArpRepr {
-        operation: ArpOperation::Request,
-        source_hardware_addr: EthernetAddress(out.mac),
-        source_protocol_addr: source_addr(out, ctx).unwrap_or(Ipv4Addr::UNSPECIFIED),
-        target_hardware_addr: EthernetAddress([0; 6]),
-        target_protocol_addr: target,
-    }
-    .emit(&mut ArpPacket::new_unchecked(
-        &mut data[ethernet::HEADER_LEN..],
-    ));
-}
-
 #[cfg(test)]
 mod tests {
     use super::super::testing::*;
     use super::*;
-    use crate::wire::IpProtocol;
+    use crate::counters::Event;
+    use crate::wire::{ArpPacket, ArpRepr, EtherType, EthernetFrame, IpProtocol};
 
     #[test]
     fn forwards_pod_to_outside_via_gateway() {

@@ -27,6 +27,7 @@ pub struct Lab {
     pub tables: Tables,
     pub shared: Shared,
     pub counters: WorkerCounters,
+    pub local: crate::service::WorkerLocal,
 }
 
 pub struct Out {
@@ -44,6 +45,7 @@ impl Lab {
             mac: [0x02, 0xaf, 0, 0, 0, last],
             addrs,
             mtu,
+            ..Default::default()
         };
         let ports = Ports::new(vec![
             port(BIZ, "biz", PortRole::Uplink, 1, vec![(BIZ_IP, 24)], 1500),
@@ -71,6 +73,7 @@ impl Lab {
             tables,
             shared,
             counters: WorkerCounters::new(3),
+            local: crate::service::WorkerLocal::default(),
         }
     }
 
@@ -79,16 +82,31 @@ impl Lab {
     }
 
     pub fn run(&self, port: PortId, frame: Vec<u8>) -> Out {
-        let mut buf = vec![0u8; 4096];
-        buf[HEADROOM..HEADROOM + frame.len()].copy_from_slice(&frame);
-        let ctx = Ctx {
+        self.run_at(port, frame, 1_000_000_000)
+    }
+
+    /// The context stages get, at dataplane time 1 s.
+    pub fn ctx(&self) -> Ctx<'_> {
+        self.ctx_at(1_000_000_000)
+    }
+
+    pub fn ctx_at(&self, now_ns: u64) -> Ctx<'_> {
+        Ctx {
             tables: &self.tables,
             shared: &self.shared,
             counters: &self.counters,
-            now_s: 1,
-            now_ns: 1_000_000_000,
+            now_s: (now_ns / 1_000_000_000) as u32,
+            now_ns,
             trace: None,
-        };
+            local: &self.local,
+        }
+    }
+
+    /// [`Lab::run`] at dataplane time `now_ns`.
+    pub fn run_at(&self, port: PortId, frame: Vec<u8>, now_ns: u64) -> Out {
+        let mut buf = vec![0u8; 4096];
+        buf[HEADROOM..HEADROOM + frame.len()].copy_from_slice(&frame);
+        let ctx = self.ctx_at(now_ns);
         let mut f = Frame::new(&mut buf, HEADROOM, frame.len());
         let action = process(&mut f, &RxMeta { port, vlan: None }, &ctx);
         Out {
@@ -173,4 +191,157 @@ pub fn assert_valid_l4(frame: &[u8]) {
         }
         _ => {}
     }
+}
+
+// The overlay/underlay node (`Lab::overlay`): Lab::new's ports plus a ctl port, a trunk with
+// VLAN 1155 and its subinterface, a VXLAN device towards one remote node, and a bond of two
+// uplinks.
+pub const CTL: PortId = PortId(3);
+pub const TRUNK: PortId = PortId(4);
+pub const UP0: PortId = PortId(5);
+pub const UP1: PortId = PortId(6);
+pub const TRUNK_1155: PortId = PortId(7);
+pub const VXLAN: PortId = PortId(8);
+pub const BOND: PortId = PortId(9);
+
+pub const CTL_IP: Ipv4Addr = Ipv4Addr::new(10, 186, 152, 103);
+pub const REMOTE_CTL_IP: Ipv4Addr = Ipv4Addr::new(10, 186, 152, 104);
+pub const REMOTE_VTEP: Ipv4Addr = Ipv4Addr::new(10, 20, 4, 0);
+pub const REMOTE_POD_IP: Ipv4Addr = Ipv4Addr::new(10, 20, 4, 5);
+pub const UPOD_IP: Ipv4Addr = Ipv4Addr::new(10, 186, 155, 6);
+pub const UPOD_GW: Ipv4Addr = Ipv4Addr::new(10, 186, 155, 30);
+pub const BOND_IP: Ipv4Addr = Ipv4Addr::new(10, 186, 160, 103);
+pub const BOND_GW_IP: Ipv4Addr = Ipv4Addr::new(10, 186, 160, 254);
+pub const BOND_GW_NET_HOST: Ipv4Addr = Ipv4Addr::new(10, 186, 170, 5);
+
+pub const REMOTE_CTL_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x52, 0x01];
+pub const REMOTE_VXLAN_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x52, 0x02];
+pub const UPOD_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x55, 0x06];
+pub const BOND_GW_MAC: [u8; 6] = [0x02, 0, 0, 0, 0xb0, 0x01];
+
+impl Lab {
+    pub fn overlay() -> Self {
+        use crate::tables::bond::{Bond, BondHash, Bonds};
+        use crate::tables::overlay::{
+            OuterHeader, Overlay, PortKind, VidSet, VlanMode, Vtep, Vxlan,
+        };
+        let mut lab = Lab::new();
+        let mut ports: Vec<Port> = lab.tables.ports.iter().cloned().collect();
+        let bond_mac = [0x02, 0xaf, 0, 0, 0, 0x20];
+        let port = |id: PortId, name: &str, mac: [u8; 6], addrs: Vec<(Ipv4Addr, u8)>, mtu| Port {
+            id,
+            name: name.into(),
+            device: name.into(),
+            mac,
+            addrs,
+            mtu,
+            ..Default::default()
+        };
+        ports.push(Port {
+            role: PortRole::Ctl,
+            ..port(CTL, "ctl", [0x02, 0xaf, 0, 0, 0, 0x10], vec![(CTL_IP, 24)], 1500)
+        });
+        ports.push(Port {
+            vlan: VlanMode::Trunk {
+                vids: VidSet::new([1155]),
+                native: None,
+            },
+            ..port(TRUNK, "trunk", [0x02, 0xaf, 0, 0, 0, 0x11], vec![], 1500)
+        });
+        for (id, name) in [(UP0, "up0"), (UP1, "up1")] {
+            ports.push(Port {
+                kind: PortKind::BondMember { bond: BOND },
+                ..port(id, name, bond_mac, vec![], 1500)
+            });
+        }
+        ports.push(Port {
+            kind: PortKind::Vlan {
+                parent: TRUNK,
+                vid: 1155,
+            },
+            ..port(TRUNK_1155, "trunk.1155", [0x02, 0xaf, 0, 0, 0, 0x11], vec![(UPOD_GW, 27)], 1500)
+        });
+        ports.push(Port {
+            kind: PortKind::Vxlan { index: 0 },
+            ..port(VXLAN, "vxlan.2", [0x02, 0xaf, 0, 0, 0, 0x12], vec![], 1450)
+        });
+        ports.push(Port {
+            kind: PortKind::Bond { index: 0 },
+            ..port(BOND, "bond0", bond_mac, vec![(BOND_IP, 24)], 1500)
+        });
+        lab.tables.ports = Ports::new(ports);
+        let t = &mut lab.tables;
+        let nh = |port, via| vec![NextHop { port, via }];
+        t.local.insert(CTL_IP, CTL);
+        t.local.insert(UPOD_GW, TRUNK_1155);
+        t.local.insert(BOND_IP, BOND);
+        t.fib.insert(Ipv4Addr::new(10, 186, 152, 0), 24, nh(CTL, None));
+        t.fib.insert(Ipv4Addr::new(10, 186, 155, 0), 27, nh(TRUNK_1155, None));
+        t.fib.insert(Ipv4Addr::new(10, 20, 4, 0), 25, nh(VXLAN, Some(REMOTE_VTEP)));
+        t.fib.insert(Ipv4Addr::new(10, 186, 160, 0), 24, nh(BOND, None));
+        t.fib.insert(Ipv4Addr::new(10, 186, 170, 0), 24, nh(BOND, Some(BOND_GW_IP)));
+        t.vxlan = Vxlan::new(
+            4789,
+            vec![Overlay {
+                port: VXLAN,
+                vni: 2,
+                local: CTL_IP,
+                vteps: vec![Vtep {
+                    inner_via: REMOTE_VTEP,
+                    inner_mac: REMOTE_VXLAN_MAC,
+                    remote: REMOTE_CTL_IP,
+                    outer: OuterHeader::new(CTL_IP, REMOTE_CTL_IP, 4789, 2),
+                }],
+            }],
+        );
+        t.subifs.insert(TRUNK, 1155, TRUNK_1155);
+        t.bonds = Bonds {
+            bonds: vec![Bond {
+                port: BOND,
+                members: vec![UP0, UP1],
+                up: vec![UP0, UP1],
+                hash: BondHash::Layer34,
+            }],
+        };
+        lab.shared.neigh.set_static(REMOTE_CTL_IP, REMOTE_CTL_MAC, CTL);
+        lab.shared.neigh.set_static(BOND_GW_IP, BOND_GW_MAC, BOND);
+        lab.counters = WorkerCounters::new(10);
+        lab
+    }
+}
+
+/// A broadcast ARP request from `src_mac`/`spa` for `tpa`.
+pub fn arp_request_frame(src_mac: [u8; 6], spa: Ipv4Addr, tpa: Ipv4Addr) -> Vec<u8> {
+    use crate::wire::{ArpOperation, ArpPacket, ArpRepr, EtherType, EthernetAddress, EthernetFrame};
+    let mut f = vec![0u8; 60];
+    let mut eth = EthernetFrame::new_unchecked(&mut f[..]);
+    eth.set_dst_addr(EthernetAddress::BROADCAST);
+    eth.set_src_addr(EthernetAddress(src_mac));
+    eth.set_ethertype(EtherType::Arp);
+    ArpRepr {
+        operation: ArpOperation::Request,
+        source_hardware_addr: EthernetAddress(src_mac),
+        source_protocol_addr: spa,
+        target_hardware_addr: EthernetAddress([0; 6]),
+        target_protocol_addr: tpa,
+    }
+    .emit(&mut ArpPacket::new_unchecked(&mut f[14..]));
+    f
+}
+
+/// `inner` in VXLAN (`vni`) from the remote node `src` to the node's ctl address, as Linux's
+/// vxlan device sends it (UDP checksum 0), built with etherparse.
+pub fn vxlan_frame(lab: &Lab, src: Ipv4Addr, vni: u32, inner: &[u8]) -> Vec<u8> {
+    let mut payload = vec![0x08, 0, 0, 0];
+    payload.extend_from_slice(&(vni << 8).to_be_bytes());
+    payload.extend_from_slice(inner);
+    let b = etherparse::PacketBuilder::ethernet2(REMOTE_CTL_MAC, lab.mac(CTL))
+        .ipv4(src.octets(), CTL_IP.octets(), 64)
+        .udp(45000, 4789);
+    let mut out = Vec::with_capacity(b.size(payload.len()));
+    b.write(&mut out, &payload).unwrap();
+    // Linux sends VXLAN over IPv4 without a UDP checksum.
+    out[40] = 0;
+    out[41] = 0;
+    out
 }

@@ -102,3 +102,65 @@ mod tests {
         assert_eq!(a.get(1, c, 10, 5), None);
     }
 }
+
+/// Connection counts per (service, backend) for the `lc` scheduler.
+///
+/// Conntrack can count a backend's flows only by scanning the whole table
+/// (`Conntrack::backend_conns`), far too slow for every new flow. So the control thread
+/// recounts all flows in one pass about once a second ([`LcCounts::publish`]), and between
+/// recounts each worker adds the flows it schedules ([`LcCounts::bump`]): the count a new
+/// flow sees is at most a second stale in its decrements (closed flows), never in its
+/// increments, which is what keeps a burst of new connections from piling onto one backend.
+/// Direct-mapped by hash; two (service, backend) pairs sharing a counter only skew `lc`.
+#[derive(Debug)]
+pub struct LcCounts {
+    slots: Box<[AtomicU64]>,
+    mask: usize,
+}
+
+impl LcCounts {
+    pub fn new(capacity: usize) -> Self {
+        let n = capacity.max(64).next_power_of_two();
+        LcCounts {
+            slots: (0..n).map(|_| AtomicU64::new(0)).collect(),
+            mask: n - 1,
+        }
+    }
+
+    #[inline]
+    fn at(&self, service: u32, backend: u32) -> &AtomicU64 {
+        let h = crate::pipeline::flow::mix(service, backend, 0, 0x6c63_0000);
+        &self.slots[h as usize & self.mask]
+    }
+
+    #[inline]
+    pub fn get(&self, service: u32, backend: u32) -> u32 {
+        self.at(service, backend).load(Relaxed) as u32
+    }
+
+    /// One more flow scheduled to (service, backend). Several workers may bump one counter,
+    /// so this is a real read-modify-write; it happens once per new flow, not per packet.
+    #[inline]
+    pub fn bump(&self, service: u32, backend: u32) {
+        self.at(service, backend).fetch_add(1, Relaxed);
+    }
+
+    /// Replaces every count with a fresh one (control thread): `counts` yields
+    /// (service, backend, flows).
+    pub fn publish(&self, counts: impl IntoIterator<Item = (u32, u32, u64)>) {
+        let mut fresh = vec![0u64; self.slots.len()];
+        for (s, b, n) in counts {
+            let h = crate::pipeline::flow::mix(s, b, 0, 0x6c63_0000);
+            fresh[h as usize & self.mask] += n;
+        }
+        for (slot, n) in self.slots.iter().zip(fresh) {
+            slot.store(n, Relaxed);
+        }
+    }
+}
+
+impl Default for LcCounts {
+    fn default() -> Self {
+        LcCounts::new(16_384)
+    }
+}

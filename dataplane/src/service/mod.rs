@@ -15,7 +15,7 @@
 pub mod affinity;
 pub mod maglev;
 
-pub use affinity::Affinity;
+pub use affinity::{Affinity, LcCounts};
 
 use crate::tables::PortId;
 use crate::wire::Ipv4Cidr;
@@ -532,8 +532,7 @@ impl ServiceTable {
         }
         let hit = self.by_front.get(&key(dst, port, proto)).or_else(|| {
             if dst_is_local {
-                self.by_front
-                    .get(&key(Ipv4Addr::UNSPECIFIED, port, proto))
+                self.by_front.get(&key(Ipv4Addr::UNSPECIFIED, port, proto))
             } else {
                 None
             }
@@ -575,35 +574,34 @@ impl ServiceTable {
 /// round-robins, which is what IPVS does per CPU too.
 #[derive(Debug)]
 pub struct WorkerLocal {
-    /// Round-robin / WRR cursor per service slot.
+    /// Round-robin / WRR / lc-tie cursor per service slot.
     cursors: Box<[Cell<u32>]>,
     rng: Cell<u64>,
-    /// This worker's share of the SNAT port range, so that workers rarely race for a port.
-    port_lo: u16,
-    port_span: u16,
-    port_next: Cell<u16>,
+    /// Next SNAT port candidate, as an offset into [`SNAT_PORTS`]. Workers start at
+    /// different offsets, so they rarely race for one port; a race is caught by conntrack's
+    /// clash check anyway.
+    port_next: Cell<u32>,
 }
 
 /// Ports SNAT may pick (Linux's default `ip_local_port_range` is 32768–60999).
 pub const SNAT_PORTS: core::ops::RangeInclusive<u16> = 32768..=60999;
 
+const SNAT_SPAN: u32 = (*SNAT_PORTS.end() - *SNAT_PORTS.start()) as u32 + 1;
+
 impl WorkerLocal {
-    /// State for worker `index` of `workers`.
-    pub fn new(index: usize, workers: usize) -> Self {
-        let workers = workers.max(1);
-        let total = (*SNAT_PORTS.end() - *SNAT_PORTS.start()) as usize + 1;
-        let span = (total / workers).max(1);
-        let lo = *SNAT_PORTS.start() as usize + span * (index % workers);
+    /// State for worker `index`.
+    pub fn new(index: usize) -> Self {
         WorkerLocal {
             cursors: (0..MAX_SERVICES).map(|_| Cell::new(0)).collect(),
-            rng: Cell::new(0x9E37_79B9_7F4A_7C15 ^ (index as u64 + 1).wrapping_mul(0xA076_1D64_78BD_642F)),
-            port_lo: lo as u16,
-            port_span: span as u16,
-            port_next: Cell::new(0),
+            rng: Cell::new(
+                0x9E37_79B9_7F4A_7C15 ^ (index as u64 + 1).wrapping_mul(0xA076_1D64_78BD_642F),
+            ),
+            // Eight evenly spaced starting points (more workers share them).
+            port_next: Cell::new((index as u32 % 8) * (SNAT_SPAN / 8)),
         }
     }
 
-    /// The next value of service `slot`'s cursor (post-increment).
+    /// The value of service `slot`'s cursor, advanced when `advance` (not in a dry run).
     #[inline]
     pub fn next_cursor(&self, slot: u32, advance: bool) -> u32 {
         let c = &self.cursors[slot as usize % MAX_SERVICES];
@@ -625,18 +623,18 @@ impl WorkerLocal {
         (x.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 32) as u32
     }
 
-    /// A candidate SNAT source port from this worker's range.
+    /// The next SNAT source port candidate.
     #[inline]
     pub fn snat_port(&self) -> u16 {
         let n = self.port_next.get();
-        self.port_next.set(if n + 1 >= self.port_span { 0 } else { n + 1 });
-        self.port_lo + n
+        self.port_next.set((n + 1) % SNAT_SPAN);
+        *SNAT_PORTS.start() + n as u16
     }
 }
 
 impl Default for WorkerLocal {
     fn default() -> Self {
-        WorkerLocal::new(0, 1)
+        WorkerLocal::new(0)
     }
 }
 

@@ -33,7 +33,10 @@ impl Bond {
         match self.up.len() {
             0 => None,
             1 => self.up.first().copied(),
-            n => self.up.get(((hash as u64 * n as u64) >> 32) as usize).copied(),
+            n => self
+                .up
+                .get(((hash as u64 * n as u64) >> 32) as usize)
+                .copied(),
         }
     }
 }

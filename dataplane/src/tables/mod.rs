@@ -33,6 +33,9 @@ pub struct Tables {
     pub subifs: overlay::SubIfs,
     /// Bonds and their live members (`pipeline::bond`).
     pub bonds: bond::Bonds,
+    /// Services, their backends and scheduler tables, and MASQUERADE rules
+    /// (`pipeline::service`).
+    pub services: crate::service::ServiceTable,
 }
 
 impl Tables {
@@ -48,13 +51,37 @@ pub struct Shared {
     pub neigh: NeighCache,
     /// One ARP request per unresolved neighbour per second (`pipeline::neigh`).
     pub arp_limit: neigh::ArpLimiter,
+    /// ClientIP session affinity (`service::affinity`).
+    pub affinity: crate::service::Affinity,
+    /// Flows per service backend for the `lc` scheduler (`service::affinity::LcCounts`).
+    pub lc: crate::service::LcCounts,
+    /// Connection tracking: every NATed flow, both directions (`conntrack`).
+    pub conntrack: crate::conntrack::Conntrack,
 }
+
+/// Conntrack size of [`Shared::new`]: enough for tests and small nodes without making every
+/// test table allocate netfilter's default 262144 slots; `afgate run` sizes it from the
+/// config with [`Shared::with_conntrack`].
+pub const DEFAULT_CONNTRACK_CAPACITY: u32 = 16_384;
 
 impl Shared {
     pub fn new(neigh_capacity: usize) -> Self {
+        Shared::with_conntrack(
+            neigh_capacity,
+            crate::conntrack::Config {
+                capacity: DEFAULT_CONNTRACK_CAPACITY,
+                ..Default::default()
+            },
+        )
+    }
+
+    pub fn with_conntrack(neigh_capacity: usize, conntrack: crate::conntrack::Config) -> Self {
         Shared {
             neigh: NeighCache::new(neigh_capacity),
             arp_limit: neigh::ArpLimiter::new(neigh_capacity.min(4096)),
+            affinity: crate::service::Affinity::default(),
+            lc: crate::service::LcCounts::default(),
+            conntrack: crate::conntrack::Conntrack::new(conntrack),
         }
     }
 }

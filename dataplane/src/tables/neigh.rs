@@ -274,7 +274,7 @@ impl ArpLimiter {
         let new = (u64::from(key) << 32) | u64::from(now_ms | 1);
         if (old >> 32) as u32 == key
             && old != 0
-            && now_ms.wrapping_sub(old as u32) < Self::INTERVAL_MS
+            && (now_ms | 1).wrapping_sub(old as u32) < Self::INTERVAL_MS
         {
             return false;
         }

@@ -1,0 +1,190 @@
+#![allow(unsafe_code)]
+//! The generator: every UMEM frame gets the template once; per packet only the stamp is
+//! patched ([`packet::stamp`]) and the descriptor goes back on the tx ring. Bounded by a packet
+//! count and a duration, at a fixed rate (token bucket refilled per batch) or as fast as the
+//! path takes it.
+//!
+//! Packet `k` belongs to flow `k % flows` with per-flow sequence `k / flows`, so the sink can
+//! check every flow's order without the generator keeping per-flow state.
+
+use crate::packet::{self, Template, TrafficSpec};
+use crate::xskio::{Port, monotonic_ns, pin};
+use afgate_dataplane::xsk::XdpDesc;
+use anyhow::{Result, bail};
+use serde::{Deserialize, Serialize};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone)]
+pub struct GenConfig {
+    pub dev: String,
+    pub spec: TrafficSpec,
+    /// Packets to send at most.
+    pub count: u64,
+    /// Seconds to send at most.
+    pub duration: f64,
+    /// Packets per second; `None`: as fast as possible.
+    pub rate: Option<f64>,
+    pub batch: usize,
+    pub core: Option<usize>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct GenReport {
+    /// Frames the kernel took off the tx ring (completed).
+    pub sent: u64,
+    /// From the first send to the last completion.
+    pub secs: f64,
+    pub offered_pps: f64,
+    pub requested_pps: Option<f64>,
+    pub frame_len: usize,
+    pub flows: u32,
+    /// `XDP_STATISTICS`: descriptors the kernel rejected.
+    pub tx_invalid: u64,
+    /// sendto(2) calls per 1000 packets: the cost copy mode puts on the generator.
+    pub kicks_per_kpkt: f64,
+}
+
+const FRAMES: u32 = 4096;
+
+pub fn run(cfg: &GenConfig, stop: &AtomicBool) -> Result<GenReport> {
+    pin(cfg.core);
+    let mut port = Port::open(&cfg.dev, false, FRAMES, 2048)?;
+    let Template { bytes, layout } = packet::build(&cfg.spec);
+    let len = bytes.len();
+    // Every frame gets the template once, up front.
+    let mut all = vec![0u64; FRAMES as usize];
+    let n = port.pool.alloc_into(&mut all);
+    for &a in &all[..n] {
+        // SAFETY: the frame just came out of our pool; nothing else refers to it.
+        let Some(f) = (unsafe { port.frame(a, len) }) else {
+            bail!("UMEM frame {a:#x} out of range");
+        };
+        f.copy_from_slice(&bytes);
+    }
+    for &a in &all[..n] {
+        port.pool.free(a);
+    }
+
+    let flows = cfg.spec.flows.max(1);
+    let batch = cfg.batch.clamp(1, 256);
+    let mut addrs = vec![0u64; batch];
+    let mut descs = vec![XdpDesc::default(); batch];
+    let mut comp = vec![0u64; 512];
+    let mut queued: u64 = 0;
+    let mut completed: u64 = 0;
+    let mut kicks: u64 = 0;
+    let start = Instant::now();
+    let deadline = start + Duration::from_secs_f64(cfg.duration);
+    let mut tokens: f64 = 0.0;
+    let mut last_refill = start;
+    // Small bursts at low rates: a whole batch stamped at once would put the batch's own
+    // transmit time into the latency of its last packets.
+    let burst_cap = cfg
+        .rate
+        .map_or(batch as f64, |r| (r * 50e-6).clamp(1.0, batch as f64));
+    set_timer_slack_ns(1000);
+
+    while queued < cfg.count && !stop.load(Ordering::Relaxed) {
+        let now = Instant::now();
+        if now >= deadline {
+            break;
+        }
+        let c = port.xsk.comp.consume(&mut comp);
+        for &a in &comp[..c] {
+            port.pool.free(a);
+        }
+        completed += c as u64;
+        let mut want = batch.min((cfg.count - queued) as usize);
+        if cfg.rate.is_some() {
+            want = want.min(burst_cap as usize);
+        }
+        if let Some(rate) = cfg.rate {
+            tokens = (tokens + now.duration_since(last_refill).as_secs_f64() * rate).min(burst_cap);
+            last_refill = now;
+            if tokens < want as f64 {
+                if tokens < 1.0 {
+                    let wait = (want as f64 - tokens) / rate;
+                    // Never spin: the sink shares this core, and a spinning generator would
+                    // only let it run at scheduler ticks, adding milliseconds to the very
+                    // latency it measures. Sleep through long waits, yield through short.
+                    if wait > 100e-6 {
+                        std::thread::sleep(Duration::from_secs_f64(wait - 50e-6));
+                    } else {
+                        std::thread::yield_now();
+                    }
+                    continue;
+                }
+                want = tokens as usize;
+            }
+        }
+        let got = port.pool.alloc_into(&mut addrs[..want]);
+        if got == 0 {
+            // Everything is in flight: let the kernel transmit.
+            port.xsk.kick_tx();
+            kicks += 1;
+            let c = port.xsk.comp.consume(&mut comp);
+            for &a in &comp[..c] {
+                port.pool.free(a);
+            }
+            completed += c as u64;
+            continue;
+        }
+        let ts = monotonic_ns() as u32;
+        for i in 0..got {
+            let k = queued + i as u64;
+            let flow = (k % u64::from(flows)) as u32;
+            let seq = (k / u64::from(flows)) as u32;
+            // SAFETY: the frame came out of our pool (completed or never sent).
+            if let Some(f) = unsafe { port.frame(addrs[i], len) } {
+                packet::stamp(f, &layout, &cfg.spec, flow, seq, ts);
+            }
+            descs[i] = XdpDesc {
+                addr: addrs[i],
+                len: len as u32,
+                options: 0,
+            };
+        }
+        let put = port.xsk.tx.produce(&descs[..got]);
+        for &a in &addrs[put..got] {
+            port.pool.free(a);
+        }
+        queued += put as u64;
+        if cfg.rate.is_some() {
+            tokens -= put as f64;
+        }
+        kicks += u64::from(port.kick_tx());
+    }
+    // Drain: the kernel completes what is still on the tx ring (bounded wait).
+    let drain_until = Instant::now() + Duration::from_millis(500);
+    while completed < queued && Instant::now() < drain_until {
+        kicks += u64::from(port.kick_tx());
+        let c = port.xsk.comp.consume(&mut comp);
+        for &a in &comp[..c] {
+            port.pool.free(a);
+        }
+        completed += c as u64;
+        if c == 0 {
+            std::thread::sleep(Duration::from_micros(100));
+        }
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let stats = port.xsk.kernel_stats();
+    Ok(GenReport {
+        sent: completed,
+        secs,
+        offered_pps: completed as f64 / secs.max(1e-9),
+        requested_pps: cfg.rate,
+        frame_len: len + 4,
+        flows,
+        tx_invalid: stats.map(|s| s.tx_invalid_descs()).unwrap_or(0),
+        kicks_per_kpkt: kicks as f64 * 1000.0 / (completed.max(1) as f64),
+    })
+}
+
+/// Sleeps in the rate limiter should end when asked, not up to the default 50 µs later.
+#[allow(unsafe_code)]
+fn set_timer_slack_ns(ns: u64) {
+    // SAFETY: PR_SET_TIMERSLACK takes an integer argument; no memory is passed.
+    unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, ns as libc::c_ulong, 0, 0, 0) };
+}

@@ -1,0 +1,634 @@
+//! Scenarios: each builds (or reuses) a [`BenchLab`], runs its variants — afgate and the
+//! references it is compared with, in the same run on the same veths — and returns a
+//! [`ScenarioResult`] for the report. One file per scenario; the machinery (a trial, the
+//! devices under test, the zero-loss search) is here.
+//!
+//! A trial: start the sink (AF_XDP on the sink's veth), start the generator, wait for it, let
+//! the sink drain, read both JSON reports. Every process is bounded by its own `--duration`
+//! and `--count`, and by the [`Proc`] guard that kills it on drop.
+
+pub mod flows;
+pub mod l3fwd;
+
+use crate::generator::GenReport;
+use crate::packet::Proto;
+use crate::sink::{Latency, SinkReport};
+use crate::topo::{self, BenchLab};
+use afgate_tests::{Afgate, Netns, Proc};
+use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Prefix of the one JSON line a child prints as its result.
+pub const REPORT_PREFIX: &str = "afgate-bench: report ";
+pub const READY: &str = "afgate-bench: ready";
+
+/// How long each kind of trial runs.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct Timing {
+    pub max_secs: f64,
+    pub search_secs: f64,
+    pub search_trials: u32,
+    pub latency_secs: f64,
+}
+
+impl Timing {
+    pub fn full() -> Timing {
+        Timing {
+            max_secs: 3.0,
+            search_secs: 2.0,
+            search_trials: 7,
+            latency_secs: 3.0,
+        }
+    }
+    pub fn quick() -> Timing {
+        Timing {
+            max_secs: 1.0,
+            search_secs: 1.0,
+            search_trials: 4,
+            latency_secs: 1.0,
+        }
+    }
+    /// The `#[test]`: numbers exist, nothing more.
+    pub fn smoke() -> Timing {
+        Timing {
+            max_secs: 0.4,
+            search_secs: 0.3,
+            search_trials: 1,
+            latency_secs: 0.3,
+        }
+    }
+}
+
+/// What a run is allowed to use, and where the binaries are.
+#[derive(Debug, Clone)]
+pub struct Env {
+    pub bench_bin: PathBuf,
+    pub xskfwd_bin: PathBuf,
+    pub afgate_bin: PathBuf,
+    pub timing: Timing,
+    /// Core of the generator and the sink.
+    pub load_core: usize,
+    /// Core of the forwarder under test (afgate's worker, xskfwd, kernel RPS).
+    pub dut_core: usize,
+    /// Packets per trial never exceed this times the trial's seconds.
+    pub max_pps: f64,
+}
+
+impl Env {
+    /// Binaries next to the running executable (`target/<profile>/`), or one level up when it
+    /// is a test in `target/<profile>/deps/`.
+    pub fn locate(timing: Timing) -> Result<Env> {
+        let exe = std::env::current_exe()?;
+        let find = |name: &str, env: &str| -> Result<PathBuf> {
+            if let Some(p) = std::env::var_os(env) {
+                return Ok(PathBuf::from(p));
+            }
+            let mut dir = exe.parent();
+            for _ in 0..2 {
+                let Some(d) = dir else { break };
+                let c = d.join(name);
+                if c.is_file() {
+                    return Ok(c);
+                }
+                dir = d.parent();
+            }
+            bail!(
+                "{name} not found next to {} (build it: cargo build --release -p afgate -p afgate-bench), or set ${env}",
+                exe.display()
+            )
+        };
+        let ncpu = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let core = |var: &str, default: usize| {
+            std::env::var(var)
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(default)
+        };
+        Ok(Env {
+            bench_bin: find("afgate-bench", "AFGATE_BENCH_BIN")?,
+            xskfwd_bin: find("afgate-xskfwd", "AFGATE_XSKFWD_BIN")?,
+            afgate_bin: find("afgate", "AFGATE_BIN")?,
+            timing,
+            load_core: core("AFGATE_BENCH_LOAD_CORE", if ncpu > 1 { 1 } else { 0 }),
+            dut_core: core("AFGATE_BENCH_DUT_CORE", 0),
+            max_pps: 30e6,
+        })
+    }
+}
+
+/// The traffic of a trial.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Traffic {
+    pub proto: Proto,
+    pub flows: u32,
+    pub size: usize,
+}
+
+impl Traffic {
+    pub fn udp64(flows: u32) -> Traffic {
+        Traffic {
+            proto: Proto::Udp,
+            flows,
+            size: 64,
+        }
+    }
+}
+
+/// What forwards between the generator and the sink.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Dut {
+    /// Generator straight into the sink: what the measurement itself can do.
+    Wire,
+    /// The DUT namespace's kernel (ip_forward), its softirq steered to the DUT core (RPS).
+    Kernel,
+    /// XDP devmap redirect d0 → d1 inside the driver: the in-kernel ceiling.
+    XdpCeiling,
+    /// The minimal AF_XDP forwarder (`afgate-xskfwd`), adaptive polling.
+    XskFwd,
+    AfgateAdaptive,
+    AfgateBusy,
+}
+
+impl Dut {
+    pub fn name(self) -> &'static str {
+        match self {
+            Dut::Wire => "wire",
+            Dut::Kernel => "kernel",
+            Dut::XdpCeiling => "xdp-ceiling",
+            Dut::XskFwd => "xskfwd",
+            Dut::AfgateAdaptive => "afgate-adaptive",
+            Dut::AfgateBusy => "afgate-busy",
+        }
+    }
+    pub fn describe(self) -> &'static str {
+        match self {
+            Dut::Wire => "generator → sink over one veth pair, no forwarder",
+            Dut::Kernel => "kernel ip_forward in the DUT namespace (RPS to the DUT core)",
+            Dut::XdpCeiling => "XDP devmap redirect d0→d1 (afgate_bpf::DevmapRedirect), no rewrite",
+            Dut::XskFwd => "minimal AF_XDP forwarder: rx→tx + MAC rewrite, adaptive poll",
+            Dut::AfgateAdaptive => "afgate, 1 worker, poll adaptive",
+            Dut::AfgateBusy => "afgate, 1 worker, poll busy",
+        }
+    }
+}
+
+/// A running device under test; dropping it stops it.
+pub struct Running {
+    dut: Dut,
+    afgate: Option<Afgate>,
+    proc: Option<Proc>,
+    lab_forward: bool,
+}
+
+impl Running {
+    /// afgate's `final-stats` (and the helpers' reports) after stopping.
+    pub fn stop(mut self, lab: &BenchLab) -> Result<Option<serde_json::Value>> {
+        let mut out = None;
+        if let Some(mut a) = self.afgate.take() {
+            a.stop()?;
+            out = a
+                .log()
+                .lines()
+                .find_map(|l| l.strip_prefix("afgate: final-stats "))
+                .and_then(|j| serde_json::from_str(j).ok());
+        }
+        if let Some(mut p) = self.proc.take() {
+            p.signal(libc::SIGINT);
+            p.wait_timeout(Duration::from_secs(5))?;
+            out = p
+                .stdout()
+                .lines()
+                .find_map(|l| l.strip_prefix(REPORT_PREFIX))
+                .and_then(|j| serde_json::from_str(j).ok());
+        }
+        if self.lab_forward {
+            lab.ip_forward(false)?;
+            lab.rps(&lab.dut, "d0", "0")?;
+        }
+        let _ = self.dut;
+        Ok(out)
+    }
+}
+
+/// Starts `dut` in the lab, for at most `secs`.
+pub fn start(env: &Env, lab: &BenchLab, dut: Dut, secs: f64) -> Result<Running> {
+    let secs_s = format!("{:.1}", secs.max(1.0));
+    let core = env.dut_core.to_string();
+    let mut r = Running {
+        dut,
+        afgate: None,
+        proc: None,
+        lab_forward: false,
+    };
+    match dut {
+        Dut::Wire => {}
+        Dut::Kernel => {
+            lab.ip_forward(true)?;
+            lab.rps(&lab.dut, "d0", &format!("{:x}", 1u64 << env.dut_core))?;
+            r.lab_forward = true;
+        }
+        Dut::XdpCeiling => {
+            let bin = env.bench_bin.to_string_lossy().into_owned();
+            let argv = [
+                bin.as_str(),
+                "xdp-redirect",
+                "--in-dev",
+                "d0",
+                "--out-dev",
+                "d1",
+                "--duration",
+                &secs_s,
+            ];
+            r.proc = Some(spawn_ready(&lab.dut, &argv)?);
+        }
+        Dut::XskFwd => {
+            let bin = env.xskfwd_bin.to_string_lossy().into_owned();
+            let mac = topo::SINK_MAC.to_string();
+            let argv = [
+                bin.as_str(),
+                "--in-dev",
+                "d0",
+                "--out-dev",
+                "d1",
+                "--dst-mac",
+                &mac,
+                "--duration",
+                &secs_s,
+                "--core",
+                &core,
+            ];
+            r.proc = Some(spawn_ready(&lab.dut, &argv)?);
+        }
+        Dut::AfgateAdaptive | Dut::AfgateBusy => {
+            let poll = if dut == Dut::AfgateBusy {
+                "busy"
+            } else {
+                "adaptive"
+            };
+            let cfg = lab.afgate_config(poll, env.dut_core)?;
+            // Its own control socket: the default one may belong to another afgate (a test).
+            let api = lab.lab.tmp().join(format!("afgate-{poll}.sock"));
+            let api = api.to_string_lossy();
+            r.afgate = Some(
+                Afgate::start_bin(
+                    &env.afgate_bin,
+                    &lab.dut,
+                    &cfg,
+                    &["--duration", &secs_s, "--api", &api],
+                )
+                .context("starting afgate")?,
+            );
+        }
+    }
+    Ok(r)
+}
+
+fn spawn_ready(ns: &Netns, argv: &[&str]) -> Result<Proc> {
+    let mut p = ns.spawn(argv)?;
+    p.wait_for_stdout(READY, Duration::from_secs(20))?;
+    Ok(p)
+}
+
+/// One trial's outcome.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Trial {
+    pub requested_pps: Option<f64>,
+    pub generator: GenReport,
+    pub sink: SinkReport,
+    /// 1 − received/sent.
+    pub loss: f64,
+    /// Drop and error counters of the path's veths that moved during the trial (`ethtool -S`
+    /// and `ip -s link`), to tell where loss happened.
+    pub path_drops: Vec<(String, u64)>,
+}
+
+impl Trial {
+    /// Forwarded rate: packets the sink counted over the generator's sending time (the sink's
+    /// own first-to-last window would flatter a DUT that buffers).
+    pub fn rx_pps(&self) -> f64 {
+        self.sink.received as f64 / self.generator.secs.max(1e-9)
+    }
+}
+
+/// Runs the generator into the sink once.
+pub fn trial(
+    env: &Env,
+    lab: &BenchLab,
+    dut: Dut,
+    traffic: &Traffic,
+    rate: Option<f64>,
+    secs: f64,
+) -> Result<Trial> {
+    let (gen_dev, sink_dev, dst_mac) = if dut == Dut::Wire {
+        ("g1", "s1", topo::WIRE_SINK_MAC)
+    } else {
+        ("g0", "s0", topo::DUT_IN_MAC)
+    };
+    let src_mac = if dut == Dut::Wire {
+        topo::WIRE_GEN_MAC
+    } else {
+        topo::GEN_MAC
+    };
+    let bin = env.bench_bin.to_string_lossy().into_owned();
+    let load = env.load_core.to_string();
+    let flows = traffic.flows.to_string();
+    let sink_secs = format!("{:.2}", secs + 10.0);
+    let sink_argv = [
+        bin.as_str(),
+        "sink",
+        "--dev",
+        sink_dev,
+        "--flows",
+        &flows,
+        "--duration",
+        &sink_secs,
+        "--idle-ms",
+        "500",
+        "--core",
+        &load,
+    ];
+    let mut sink = spawn_ready(&lab.sink, &sink_argv).context("starting the sink")?;
+    let path: Vec<(&Netns, &str)> = if dut == Dut::Wire {
+        vec![(&lab.generator, "g1"), (&lab.sink, "s1")]
+    } else {
+        vec![
+            (&lab.generator, "g0"),
+            (&lab.dut, "d0"),
+            (&lab.dut, "d1"),
+            (&lab.sink, "s0"),
+        ]
+    };
+    let before = drop_counters(&path);
+
+    let count = (rate.unwrap_or(env.max_pps).min(env.max_pps) * secs).ceil() as u64;
+    let (count_s, secs_s) = (count.max(1).to_string(), format!("{secs:.3}"));
+    let (size, smac, dmac) = (
+        traffic.size.to_string(),
+        src_mac.to_string(),
+        dst_mac.to_string(),
+    );
+    let proto = match traffic.proto {
+        Proto::Udp => "udp",
+        Proto::TcpSyn => "tcp-syn",
+        Proto::TcpAck => "tcp-ack",
+    };
+    let sip = topo::GEN_IP.to_string();
+    let dip = topo::SINK_IP.to_string();
+    let mut gen_argv = vec![
+        bin.as_str(),
+        "gen",
+        "--dev",
+        gen_dev,
+        "--src-mac",
+        &smac,
+        "--dst-mac",
+        &dmac,
+        "--src-ip",
+        &sip,
+        "--dst-ip",
+        &dip,
+        "--proto",
+        proto,
+        "--flows",
+        &flows,
+        "--size",
+        &size,
+        "--count",
+        &count_s,
+        "--duration",
+        &secs_s,
+        "--core",
+        &load,
+    ];
+    let rate_s = rate.map(|r| format!("{r:.0}"));
+    if let Some(r) = &rate_s {
+        gen_argv.extend(["--rate", r.as_str()]);
+    }
+    let gen_proc = lab.generator.spawn(&gen_argv)?;
+    let label = gen_proc.label().to_string();
+    let out = gen_proc.finish(Duration::from_secs_f64(secs + 20.0))?;
+    let generator: GenReport =
+        parse_report(&String::from_utf8_lossy(&out.stdout)).with_context(|| {
+            format!(
+                "generator `{label}`: {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })?;
+    // The sink stops by itself 500 ms after the last packet; if nothing arrived, stop it.
+    if sink.wait_timeout(Duration::from_secs(3))?.is_none() {
+        sink.signal(libc::SIGINT);
+        sink.wait_timeout(Duration::from_secs(3))?;
+    }
+    let s: SinkReport =
+        parse_report(&sink.stdout()).with_context(|| format!("sink: {}", sink.output_tail()))?;
+    let after = drop_counters(&path);
+    let path_drops = after
+        .iter()
+        .filter_map(|(k, v)| {
+            let b = before.iter().find(|p| &p.0 == k).map_or(0, |p| p.1);
+            (*v > b).then(|| (k.clone(), v - b))
+        })
+        .collect();
+    let loss = if generator.sent == 0 {
+        1.0
+    } else {
+        1.0 - (s.received as f64 / generator.sent as f64)
+    };
+    Ok(Trial {
+        requested_pps: rate,
+        generator,
+        sink: s,
+        loss,
+        path_drops,
+    })
+}
+
+/// Every drop/error counter of the given devices, as `dev:name`.
+fn drop_counters(devs: &[(&Netns, &str)]) -> Vec<(String, u64)> {
+    let mut out = Vec::new();
+    for (ns, dev) in devs {
+        let stats = ns
+            .exec(&["ethtool", "-S", dev])
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
+        let link = ns.exec(&[
+            "cat",
+            &format!("/sys/class/net/{dev}/statistics/rx_dropped"),
+            &format!("/sys/class/net/{dev}/statistics/tx_dropped"),
+        ]);
+        if let Ok(text) = stats {
+            for l in text.lines() {
+                if let Some((k, v)) = l.trim().split_once(':')
+                    && (k.contains("drop") || k.contains("err"))
+                    && let Ok(v) = v.trim().parse::<u64>()
+                {
+                    out.push((format!("{dev}:{}", k.trim()), v));
+                }
+            }
+        }
+        if let Ok(o) = link {
+            let t = String::from_utf8_lossy(&o.stdout).into_owned();
+            let mut it = t.split_whitespace().filter_map(|x| x.parse::<u64>().ok());
+            if let (Some(rx), Some(tx)) = (it.next(), it.next()) {
+                out.push((format!("{dev}:rx_dropped"), rx));
+                out.push((format!("{dev}:tx_dropped"), tx));
+            }
+        }
+    }
+    out
+}
+
+fn parse_report<T: serde::de::DeserializeOwned>(stdout: &str) -> Result<T> {
+    let line = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix(REPORT_PREFIX))
+        .context("no report line")?;
+    Ok(serde_json::from_str(line)?)
+}
+
+/// RFC 2544-style zero-loss search: the highest offered rate with loss below `threshold`, by
+/// bisection between 0 and `hi`, at most `trials` trials. Returns (rate, every trial).
+pub fn zero_loss(
+    env: &Env,
+    lab: &BenchLab,
+    dut: Dut,
+    traffic: &Traffic,
+    hi: f64,
+    threshold: f64,
+    progress: &dyn Fn(&str),
+) -> Result<(f64, Vec<Trial>)> {
+    let (mut lo, mut hi) = (0.0f64, hi);
+    let mut best = 0.0;
+    let mut all = Vec::new();
+    // First try just under the measured forwarding rate: often it already passes, and the
+    // search then narrows between it and the generator's maximum.
+    let mut rate = hi * 0.95;
+    for i in 0..env.timing.search_trials {
+        let t = trial(env, lab, dut, traffic, Some(rate), env.timing.search_secs)?;
+        // What was actually offered counts: at high rates the generator may fall short.
+        let offered = t.generator.offered_pps.min(rate);
+        let pass = t.generator.sent > 0 && t.loss < threshold;
+        progress(&format!(
+            "zero-loss trial {}/{}: {:.3} Mpps offered, loss {:.4} % → {}",
+            i + 1,
+            env.timing.search_trials,
+            offered / 1e6,
+            t.loss * 100.0,
+            if pass { "pass" } else { "fail" }
+        ));
+        all.push(t);
+        if pass {
+            best = f64::max(best, offered);
+            lo = rate;
+        } else {
+            hi = rate;
+        }
+        rate = (lo + hi) / 2.0;
+    }
+    Ok((best, all))
+}
+
+/// One device under test in a scenario.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct VariantResult {
+    pub name: String,
+    pub description: String,
+    /// As-fast-as-possible trial.
+    pub max: Trial,
+    pub max_rx_pps: f64,
+    pub zero_loss_pps: f64,
+    pub search: Vec<Trial>,
+    /// Trial at half the zero-loss rate (or a tenth of the maximum when nothing passed).
+    pub latency_trial: Option<Trial>,
+    pub latency: Latency,
+    /// afgate's final-stats or a helper's report.
+    pub dut_stats: Option<serde_json::Value>,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ScenarioResult {
+    pub name: String,
+    pub description: String,
+    pub traffic: Option<Traffic>,
+    pub variants: Vec<VariantResult>,
+    /// Named ratios (`afgate-busy/kernel`, ...), of max forwarded rates.
+    pub ratios: Vec<(String, f64)>,
+    /// (x, series, y) points for a line plot; empty when the scenario has none.
+    pub sweep: Vec<(f64, String, f64)>,
+    pub sweep_axis: Option<String>,
+    pub notes: Vec<String>,
+}
+
+impl ScenarioResult {
+    pub fn variant(&self, name: &str) -> Option<&VariantResult> {
+        self.variants.iter().find(|v| v.name == name)
+    }
+}
+
+/// Max rate, zero-loss rate and latency of one DUT.
+pub fn measure(
+    env: &Env,
+    lab: &BenchLab,
+    dut: Dut,
+    traffic: &Traffic,
+    progress: &dyn Fn(&str),
+) -> Result<VariantResult> {
+    let t = &env.timing;
+    let budget =
+        t.max_secs + f64::from(t.search_trials) * (t.search_secs + 15.0) + t.latency_secs + 60.0;
+    let running = start(env, lab, dut, budget)?;
+    let mut v = VariantResult {
+        name: dut.name().into(),
+        description: dut.describe().into(),
+        ..Default::default()
+    };
+    let res = (|| -> Result<()> {
+        let max = trial(env, lab, dut, traffic, None, t.max_secs)?;
+        v.max_rx_pps = max.rx_pps();
+        progress(&format!(
+            "max: offered {:.3} Mpps, forwarded {:.3} Mpps, loss {:.2} %",
+            max.generator.offered_pps / 1e6,
+            v.max_rx_pps / 1e6,
+            max.loss * 100.0
+        ));
+        let hi = max.generator.offered_pps.max(v.max_rx_pps);
+        v.max = max;
+        if v.max.sink.received == 0 {
+            bail!("no packet went through {}", dut.name());
+        }
+        let (zl, search) = zero_loss(env, lab, dut, traffic, hi, 1e-4, progress)?;
+        v.zero_loss_pps = zl;
+        v.search = search;
+        let lat_rate = if zl > 0.0 {
+            zl * 0.5
+        } else {
+            v.max_rx_pps * 0.1
+        };
+        let lt = trial(
+            env,
+            lab,
+            dut,
+            traffic,
+            Some(lat_rate.max(1000.0)),
+            t.latency_secs,
+        )?;
+        v.latency = lt.sink.latency.clone();
+        progress(&format!(
+            "latency at {:.3} Mpps: p50 {} ns, p99 {} ns, max {} ns",
+            lat_rate / 1e6,
+            v.latency.p50,
+            v.latency.p99,
+            v.latency.max
+        ));
+        v.latency_trial = Some(lt);
+        Ok(())
+    })();
+    v.dut_stats = running.stop(lab)?;
+    if let Err(e) = res {
+        v.error = Some(format!("{e:#}"));
+    }
+    Ok(v)
+}

@@ -1,0 +1,1157 @@
+//! The connection-tracking table (B4, B12): one table shared by every worker, because a
+//! reply may arrive on another queue than its request.
+//!
+//! # Layout
+//!
+//! - **Flow slots** (`capacity` of them, 64 bytes each, one cache line): the flow's two
+//!   tuples and its service/backend/generation/mark, guarded by a per-slot seqlock, plus one
+//!   `meta` word (last-seen second, TCP state, FINs seen, replied, protocol class, life
+//!   state, reuse generation) that packets update with a CAS. Packet/byte counters live in a
+//!   parallel array so that the slot line holds only what a lookup reads.
+//! - **Index**: buckets of one cache line each (VPP lbhash's shape): a control word and 7
+//!   entries. An entry is one `u64`: the tuple's 32-bit hash (signature), the direction and
+//!   the slot number. Every flow has two entries, one for `orig` and one for `reply`,
+//!   pointing at the same slot, so both directions find the same state. A tuple lives in its
+//!   home bucket or, when that is full, in one of the next three; the home's control word
+//!   counts such overflows, so a lookup normally reads one line of index, then the slot.
+//!   The index is sized for a load of at most 1/3 with the table full (7 entries per bucket,
+//!   2.3 used on average).
+//! - **Free slots**: a Treiber stack over the slot numbers, its head tagged against ABA.
+//!
+//! Everything is allocated in [`Conntrack::new`]; nothing is allocated afterwards.
+//!
+//! # Concurrency and memory ordering
+//!
+//! - **Lookups and per-packet updates never lock and never wait.** A lookup loads index
+//!   entries (Acquire) and reads the slot under its seqlock: `seq` (Acquire), the fields
+//!   (Relaxed), an Acquire fence, `seq` again; an odd or changed `seq` means a writer was
+//!   there, and the read is retried a few times and then taken as a miss. The writer of a
+//!   slot's fields is always its exclusive owner (it popped the slot from the free stack or
+//!   killed the flow in it), so it stores `seq` odd, issues a Release fence, writes, and
+//!   stores `seq` even with Release: the usual fence-based seqlock, in which a reader that
+//!   sees any new field value also sees the odd `seq` on its second load. All fields are
+//!   atomics, so a torn read is detected, never undefined behaviour; no `unsafe` here.
+//!   The index entry is published (Release CAS) after the slot is written, and the slot
+//!   turns `LIVE` (Release) after both entries are published, so a reader that finds an
+//!   entry reads at least that version of the slot, and a reader never acts on a slot whose
+//!   entries are half there.
+//! - A reader checks that the slot is `LIVE`, that its tuple in the entry's direction equals
+//!   the one looked up (a slot freed and reused for another flow fails this) and that it has
+//!   not expired. Stale index entries are therefore only slow, never wrong.
+//! - `update` re-reads the slot and checks it still holds `hit.flow.orig`, then CASes `meta`;
+//!   the CAS fails if the flow was killed since (its life and reuse generation are in
+//!   `meta`), so an update never lands on the next flow to use the slot. Nothing is written
+//!   when the second, state and flags are unchanged: a flow's steady packets only add to
+//!   its counters (relaxed `fetch_add`).
+//! - **Inserts** (first packet of a flow) take the home buckets' write locks of both tuples,
+//!   in bucket order, as netfilter does (`nf_conntrack_double_lock`). The lock is a bit in
+//!   the bucket's own line, held for a few dozen instructions, and readers never look at it.
+//!   It makes "is `orig` already there, is `reply` free, insert both" atomic with respect
+//!   to other inserts of the same tuples, which is what turns the Kubernetes UDP/DNS race
+//!   (two workers see the first two packets of one flow at once) into one entry that both
+//!   translate through. Entry positions are still claimed by CAS, because an entry may
+//!   overflow into a bucket whose lock another insert holds.
+//! - **Kills** (remove, gc, early drop, flush) need no lock: one CAS `LIVE → DEAD` on
+//!   `meta` picks the single killer, which then owns the slot, clears its two entries by CAS
+//!   on their exact values (the slot number makes them unique) and pushes the slot back.
+//!   Killing a flow never makes a live tuple look absent to an insert.
+//!
+//! # Expiry
+//!
+//! An entry expires when `now >= last_seen + timeout(proto, state, replied)`. Expired entries
+//! are misses and are reclaimed by [`Conntrack::gc`] (incremental, from a cursor, on the
+//! control thread) or, when the table is full, by the insert that needs the room.
+
+mod tcp;
+#[cfg(test)]
+mod tests;
+
+pub use tcp::{ACK, FIN, RST, SYN};
+
+use core::net::Ipv4Addr;
+use core::sync::atomic::{AtomicU32, AtomicU64, Ordering, fence};
+use crossbeam::utils::CachePadded;
+
+// ---------------------------------------------------------------------------------------------
+// Public types
+// ---------------------------------------------------------------------------------------------
+
+/// A connection's 5-tuple as one direction carries it. ICMP echo: `sport = dport = ident`.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub struct Tuple {
+    pub src: Ipv4Addr,
+    pub dst: Ipv4Addr,
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+}
+
+impl Default for Tuple {
+    fn default() -> Self {
+        Tuple {
+            src: Ipv4Addr::UNSPECIFIED,
+            dst: Ipv4Addr::UNSPECIFIED,
+            sport: 0,
+            dport: 0,
+            proto: 0,
+        }
+    }
+}
+
+impl Tuple {
+    /// The tuple of the other direction, untranslated.
+    pub fn reverse(&self) -> Tuple {
+        Tuple {
+            src: self.dst,
+            dst: self.src,
+            sport: self.dport,
+            dport: self.sport,
+            proto: self.proto,
+        }
+    }
+
+    #[inline]
+    fn words(&self) -> (u64, u64) {
+        (
+            (u64::from(u32::from(self.src)) << 32) | u64::from(u32::from(self.dst)),
+            (u64::from(self.sport) << 32) | (u64::from(self.dport) << 16) | u64::from(self.proto),
+        )
+    }
+
+    #[inline]
+    fn from_words(a: u64, b: u64) -> Tuple {
+        Tuple {
+            src: Ipv4Addr::from((a >> 32) as u32),
+            dst: Ipv4Addr::from(a as u32),
+            sport: (b >> 32) as u16,
+            dport: (b >> 16) as u16,
+            proto: b as u8,
+        }
+    }
+
+    /// A well-mixed 32-bit hash (the index signature and bucket; also usable for RSS-like
+    /// spreading). Stable for the life of the process.
+    #[inline]
+    pub fn hash(&self) -> u32 {
+        let (a, b) = self.words();
+        let mut x = a ^ b.rotate_left(23).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        x ^= x >> 32;
+        x = x.wrapping_mul(0xD6E8_FEB8_6659_FD93);
+        x ^= x >> 32;
+        x = x.wrapping_mul(0xD6E8_FEB8_6659_FD93);
+        x ^= x >> 32;
+        x as u32
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Dir {
+    Original,
+    Reply,
+}
+
+impl Dir {
+    #[inline]
+    fn idx(self) -> usize {
+        match self {
+            Dir::Original => 0,
+            Dir::Reply => 1,
+        }
+    }
+}
+
+/// A flow: the tuple as the client sent it and the tuple its replies carry (after
+/// translation: for DNAT to backend B with SNAT to S: orig = C:c→VIP:p, reply = B:b→S:s).
+/// Both are indexed; a packet matching `reply` is a reply.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub struct Flow {
+    pub orig: Tuple,
+    pub reply: Tuple,
+    pub service: u32,
+    pub backend: u32,
+    pub generation: u32,
+    pub mark: u32,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum TcpState {
+    None,
+    SynSent,
+    SynRecv,
+    Established,
+    FinWait,
+    CloseWait,
+    LastAck,
+    TimeWait,
+    Close,
+}
+
+impl TcpState {
+    const ALL: [TcpState; 9] = [
+        TcpState::None,
+        TcpState::SynSent,
+        TcpState::SynRecv,
+        TcpState::Established,
+        TcpState::FinWait,
+        TcpState::CloseWait,
+        TcpState::LastAck,
+        TcpState::TimeWait,
+        TcpState::Close,
+    ];
+
+    /// Lower-case names as `conntrack -L` prints them.
+    pub fn name(self) -> &'static str {
+        match self {
+            TcpState::None => "NONE",
+            TcpState::SynSent => "SYN_SENT",
+            TcpState::SynRecv => "SYN_RECV",
+            TcpState::Established => "ESTABLISHED",
+            TcpState::FinWait => "FIN_WAIT",
+            TcpState::CloseWait => "CLOSE_WAIT",
+            TcpState::LastAck => "LAST_ACK",
+            TcpState::TimeWait => "TIME_WAIT",
+            TcpState::Close => "CLOSE",
+        }
+    }
+}
+
+/// What a lookup or insert found. `slot` names the flow for [`Conntrack::update`] and
+/// [`Conntrack::remove`]; `dir` says which of the flow's tuples matched.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct Hit {
+    pub slot: u32,
+    pub dir: Dir,
+    pub flow: Flow,
+    pub state: TcpState,
+    pub replied: bool,
+}
+
+/// Idle timeouts in seconds, per protocol and TCP state.
+#[derive(Clone, Debug)]
+pub struct Timeouts {
+    pub tcp_syn_sent: u32,
+    pub tcp_syn_recv: u32,
+    pub tcp_established: u32,
+    pub tcp_fin_wait: u32,
+    pub tcp_close_wait: u32,
+    pub tcp_last_ack: u32,
+    pub tcp_time_wait: u32,
+    pub tcp_close: u32,
+    /// UDP (and other protocols) until a reply is seen.
+    pub udp: u32,
+    /// UDP (and other protocols) once replied.
+    pub udp_stream: u32,
+    pub icmp: u32,
+}
+
+impl Default for Timeouts {
+    /// netfilter's defaults (`sysctl net.netfilter.nf_conntrack_*_timeout*`).
+    fn default() -> Self {
+        Timeouts {
+            tcp_syn_sent: 120,
+            tcp_syn_recv: 60,
+            tcp_established: 432_000,
+            tcp_fin_wait: 120,
+            tcp_close_wait: 60,
+            tcp_last_ack: 30,
+            tcp_time_wait: 120,
+            tcp_close: 10,
+            udp: 30,
+            udp_stream: 120,
+            icmp: 30,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Maximum number of flows (`nf_conntrack_max`).
+    pub capacity: u32,
+    pub timeouts: Timeouts,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        // netfilter's nf_conntrack_max on a host with >= 4 GiB: 262144.
+        Config {
+            capacity: 262_144,
+            timeouts: Timeouts::default(),
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum InsertError {
+    /// No free slot, and nothing evictable (unreplied) in the early-drop window; or, very
+    /// rarely, the index window of one of the tuples is full.
+    Full,
+    /// `flow.reply` is already a tuple of another live flow: pick another source port.
+    Clash,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Stats {
+    /// Live slots (including expired ones gc has not reached yet).
+    pub entries: u64,
+    pub inserts: u64,
+    /// Inserts that found the same `orig` already there and returned it.
+    pub insert_races: u64,
+    /// Unreplied flows evicted to make room.
+    pub early_drops: u64,
+    /// Expired flows reclaimed (by gc or by an insert needing room).
+    pub expired: u64,
+    /// Inserts refused with [`InsertError::Full`].
+    pub full_drops: u64,
+    pub capacity: u64,
+}
+
+/// One flow as `ctl conntrack list` shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EntryView {
+    pub slot: u32,
+    pub orig: Tuple,
+    pub reply: Tuple,
+    pub proto: u8,
+    pub state: TcpState,
+    pub timeout_left: u32,
+    pub replied: bool,
+    /// Indexed by direction: `[original, reply]`.
+    pub packets: [u64; 2],
+    pub bytes: [u64; 2],
+    pub service: u32,
+    pub backend: u32,
+    pub generation: u32,
+    pub mark: u32,
+}
+
+// ---------------------------------------------------------------------------------------------
+// meta word
+// ---------------------------------------------------------------------------------------------
+
+/// `meta` bits: 0..32 last-seen second | 32..36 TcpState | 36 replied | 37..39 class |
+/// 39..41 life | 41..43 FINs seen (orig, reply) | 43..64 reuse generation.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+struct Meta(u64);
+
+const CLASS_TCP: u64 = 0;
+const CLASS_UDP: u64 = 1; // and every protocol without its own timeouts
+const CLASS_ICMP: u64 = 2;
+
+const LIFE_FREE: u64 = 0;
+const LIFE_INIT: u64 = 1;
+const LIFE_LIVE: u64 = 2;
+const LIFE_DEAD: u64 = 3;
+
+impl Meta {
+    #[inline]
+    fn ts(self) -> u32 {
+        self.0 as u32
+    }
+    #[inline]
+    fn state(self) -> TcpState {
+        TcpState::ALL[(((self.0 >> 32) & 0xf) as usize).min(8)]
+    }
+    #[inline]
+    fn replied(self) -> bool {
+        self.0 & (1 << 36) != 0
+    }
+    #[inline]
+    fn class(self) -> u64 {
+        (self.0 >> 37) & 3
+    }
+    #[inline]
+    fn life(self) -> u64 {
+        (self.0 >> 39) & 3
+    }
+    #[inline]
+    fn fins(self) -> u8 {
+        ((self.0 >> 41) & 3) as u8
+    }
+    #[inline]
+    fn reuse(self) -> u64 {
+        self.0 >> 43
+    }
+    #[inline]
+    fn with_life(self, life: u64) -> Meta {
+        Meta((self.0 & !(3 << 39)) | (life << 39))
+    }
+    #[inline]
+    fn bump_gen(self) -> Meta {
+        Meta((self.0 & ((1 << 43) - 1)) | (self.reuse().wrapping_add(1) << 43))
+    }
+    #[inline]
+    fn with(self, ts: u32, state: TcpState, fins: u8, replied: bool) -> Meta {
+        let keep = self.0 & !(0xffff_ffff | (0xf << 32) | (1 << 36) | (3 << 41));
+        Meta(
+            keep | u64::from(ts)
+                | ((state as u64) << 32)
+                | (u64::from(replied) << 36)
+                | (u64::from(fins & 3) << 41),
+        )
+    }
+    fn fresh(reuse: u64, class: u64, ts: u32) -> Meta {
+        Meta((reuse << 43) | (LIFE_INIT << 39) | (class << 37) | u64::from(ts))
+    }
+}
+
+fn class_of(proto: u8) -> u64 {
+    match proto {
+        6 => CLASS_TCP,
+        1 => CLASS_ICMP,
+        _ => CLASS_UDP,
+    }
+}
+
+/// Timeouts flattened for a branch-light lookup: `[tcp state 0..9, udp, udp_stream, icmp]`.
+#[derive(Clone, Copy, Debug)]
+struct TimeoutTable([u32; 12]);
+
+impl TimeoutTable {
+    fn new(t: &Timeouts) -> Self {
+        TimeoutTable([
+            t.tcp_syn_sent, // None: a flow inserted but not yet updated with its first flags
+            t.tcp_syn_sent,
+            t.tcp_syn_recv,
+            t.tcp_established,
+            t.tcp_fin_wait,
+            t.tcp_close_wait,
+            t.tcp_last_ack,
+            t.tcp_time_wait,
+            t.tcp_close,
+            t.udp,
+            t.udp_stream,
+            t.icmp,
+        ])
+    }
+    #[inline]
+    fn of(&self, m: Meta) -> u32 {
+        match m.class() {
+            CLASS_TCP => self.0[m.state() as usize],
+            CLASS_ICMP => self.0[11],
+            _ => self.0[9 + usize::from(m.replied())],
+        }
+    }
+    #[inline]
+    fn deadline(&self, m: Meta) -> u64 {
+        u64::from(m.ts()) + u64::from(self.of(m))
+    }
+    #[inline]
+    fn expired(&self, m: Meta, now: u32) -> bool {
+        u64::from(now) >= self.deadline(m)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Storage
+// ---------------------------------------------------------------------------------------------
+
+/// One flow, one cache line: what a lookup reads, nothing else.
+#[derive(Default)]
+#[repr(C, align(64))]
+struct Slot {
+    seq: AtomicU64,
+    meta: AtomicU64,
+    /// orig (2 words), reply (2 words), service|backend, generation|mark.
+    w: [AtomicU64; 6],
+}
+
+#[derive(Default)]
+#[repr(C, align(32))]
+struct SlotCounters {
+    packets: [AtomicU64; 2],
+    bytes: [AtomicU64; 2],
+}
+
+const BUCKET_ENTRIES: usize = 7;
+
+/// One cache line of index: a control word and 7 entries. The control word holds the
+/// insert lock (bit 0, readers ignore it) and, in bits 32..64, how many tuples whose home
+/// is this bucket had to be placed in the following ones; while it is 0, a lookup reads
+/// this one line and nothing else.
+#[derive(Default)]
+#[repr(C, align(64))]
+struct Bucket {
+    ctl: AtomicU64,
+    e: [AtomicU64; BUCKET_ENTRIES],
+}
+
+const LOCKED: u64 = 1;
+const OVERFLOW_ONE: u64 = 1 << 32;
+/// A tuple lives in its home bucket or one of the next `PROBE_BUCKETS - 1`.
+const PROBE_BUCKETS: usize = 4;
+
+const DIR_BIT: u64 = 1 << 31;
+const SLOT_MASK: u64 = DIR_BIT - 1;
+
+#[inline]
+fn entry(hash: u32, dir: Dir, slot: u32) -> u64 {
+    (u64::from(hash) << 32) | if dir == Dir::Reply { DIR_BIT } else { 0 } | (u64::from(slot) + 1)
+}
+
+/// Slots looked at by early drop, like netfilter's `NF_CT_EVICTION_RANGE` of buckets.
+const EARLY_DROP_WINDOW: u32 = 64;
+/// Seqlock read attempts before a contended slot is treated as a miss.
+const READ_TRIES: usize = 8;
+const NIL: u32 = u32::MAX;
+
+#[derive(Default)]
+struct SharedStats {
+    entries: AtomicU64,
+    inserts: AtomicU64,
+    insert_races: AtomicU64,
+    early_drops: AtomicU64,
+    expired: AtomicU64,
+    full_drops: AtomicU64,
+}
+
+/// The shared conntrack table. `Send + Sync`; share it with `Arc`.
+pub struct Conntrack {
+    slots: Box<[Slot]>,
+    counters: Box<[SlotCounters]>,
+    buckets: Box<[Bucket]>,
+    /// Treiber stack of free slots: head = tag << 32 | slot (NIL = empty).
+    free_head: CachePadded<AtomicU64>,
+    free_next: Box<[AtomicU32]>,
+    gc_cursor: CachePadded<AtomicU32>,
+    stats: CachePadded<SharedStats>,
+    timeouts: TimeoutTable,
+    capacity: u32,
+}
+
+impl core::fmt::Debug for Conntrack {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Conntrack")
+            .field("capacity", &self.capacity)
+            .field("buckets", &self.buckets.len())
+            .field("entries", &self.count())
+            .finish()
+    }
+}
+
+/// Releases a bucket write lock on drop.
+struct BucketGuard<'a>(&'a AtomicU64);
+
+impl Drop for BucketGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_and(!LOCKED, Ordering::Release);
+    }
+}
+
+/// Takes the insert lock (bit 0 of the bucket's control word; the overflow count beside it
+/// keeps changing under kills, so the lock is a bit operation, not a CAS of the word).
+fn lock(word: &AtomicU64) -> BucketGuard<'_> {
+    let mut spins = 0u32;
+    loop {
+        if word.load(Ordering::Relaxed) & LOCKED == 0
+            && word.fetch_or(LOCKED, Ordering::Acquire) & LOCKED == 0
+        {
+            return BucketGuard(word);
+        }
+        spins += 1;
+        if spins < 128 {
+            core::hint::spin_loop();
+        } else {
+            // The holder was preempted mid-insert (a few dozen instructions): give it the core.
+            std::thread::yield_now();
+        }
+    }
+}
+
+impl Conntrack {
+    /// Preallocates the slots, the index and the free stack for `cfg.capacity` flows.
+    pub fn new(cfg: Config) -> Self {
+        let cap = cfg.capacity.clamp(1, (SLOT_MASK - 1) as u32);
+        // Two entries per flow at a load of at most 1/3: 6 * cap / 7 buckets.
+        let nb = ((u64::from(cap) * 6).div_ceil(BUCKET_ENTRIES as u64)).max(2) as usize;
+        let slots: Box<[Slot]> = (0..cap).map(|_| Slot::default()).collect();
+        let counters: Box<[SlotCounters]> = (0..cap).map(|_| SlotCounters::default()).collect();
+        let buckets: Box<[Bucket]> = (0..nb).map(|_| Bucket::default()).collect();
+        let free_next: Box<[AtomicU32]> = (0..cap)
+            .map(|i| AtomicU32::new(if i + 1 < cap { i + 1 } else { NIL }))
+            .collect();
+        Conntrack {
+            slots,
+            counters,
+            buckets,
+            free_head: CachePadded::new(AtomicU64::new(0)),
+            free_next,
+            gc_cursor: CachePadded::new(AtomicU32::new(0)),
+            stats: CachePadded::new(SharedStats::default()),
+            timeouts: TimeoutTable::new(&cfg.timeouts),
+            capacity: cap,
+        }
+    }
+
+    pub fn capacity(&self) -> u32 {
+        self.capacity
+    }
+
+    // ----- free stack -----
+
+    fn pop_free(&self) -> Option<u32> {
+        let mut h = self.free_head.load(Ordering::Acquire);
+        loop {
+            let idx = h as u32;
+            if idx == NIL {
+                return None;
+            }
+            // May read a stale `next` if `idx` was popped meanwhile; the tag makes the CAS fail.
+            let next = self.free_next[idx as usize].load(Ordering::Relaxed);
+            let new = ((h >> 32).wrapping_add(1) << 32) | u64::from(next);
+            match self
+                .free_head
+                .compare_exchange_weak(h, new, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => return Some(idx),
+                Err(cur) => h = cur,
+            }
+        }
+    }
+
+    fn push_free(&self, idx: u32) {
+        let mut h = self.free_head.load(Ordering::Relaxed);
+        loop {
+            self.free_next[idx as usize].store(h as u32, Ordering::Relaxed);
+            let new = ((h >> 32).wrapping_add(1) << 32) | u64::from(idx);
+            match self
+                .free_head
+                .compare_exchange_weak(h, new, Ordering::Release, Ordering::Relaxed)
+            {
+                Ok(_) => return,
+                Err(cur) => h = cur,
+            }
+        }
+    }
+
+    // ----- index -----
+
+    #[inline]
+    fn bucket_of(&self, hash: u32) -> usize {
+        // Multiply-shift range reduction: the bucket count need not be a power of two.
+        ((u64::from(hash) * self.buckets.len() as u64) >> 32) as usize
+    }
+
+    /// The entry words a tuple with home bucket `b` may occupy, with the bucket each is in:
+    /// its home, then, only if some tuple of this home overflowed, the next buckets.
+    #[inline]
+    fn window(&self, b: usize) -> impl Iterator<Item = (usize, &AtomicU64)> {
+        let n = if self.buckets[b].ctl.load(Ordering::Acquire) >= OVERFLOW_ONE {
+            PROBE_BUCKETS
+        } else {
+            1
+        };
+        let nb = self.buckets.len();
+        (0..n.min(nb)).flat_map(move |k| {
+            let bi = (b + k) % nb;
+            self.buckets[bi].e.iter().map(move |e| (bi, e))
+        })
+    }
+
+    // ----- slots -----
+
+    /// A consistent snapshot of a slot's flow and meta, or None if a writer kept it busy.
+    #[inline]
+    fn read_slot(&self, slot: u32) -> Option<(Flow, Meta)> {
+        let s = &self.slots[slot as usize];
+        for _ in 0..READ_TRIES {
+            let s1 = s.seq.load(Ordering::Acquire);
+            if s1 & 1 == 1 {
+                core::hint::spin_loop();
+                continue;
+            }
+            let w: [u64; 6] = core::array::from_fn(|i| s.w[i].load(Ordering::Relaxed));
+            let meta = Meta(s.meta.load(Ordering::Relaxed));
+            fence(Ordering::Acquire);
+            if s.seq.load(Ordering::Relaxed) == s1 {
+                return Some((
+                    Flow {
+                        orig: Tuple::from_words(w[0], w[1]),
+                        reply: Tuple::from_words(w[2], w[3]),
+                        service: (w[4] >> 32) as u32,
+                        backend: w[4] as u32,
+                        generation: (w[5] >> 32) as u32,
+                        mark: w[5] as u32,
+                    },
+                    meta,
+                ));
+            }
+        }
+        None
+    }
+
+    /// Writes a flow into a slot its caller owns (popped or killed), leaving it INIT.
+    fn write_slot(&self, slot: u32, flow: &Flow, now: u32) {
+        let s = &self.slots[slot as usize];
+        let seq = s.seq.load(Ordering::Relaxed);
+        s.seq.store(seq.wrapping_add(1), Ordering::Relaxed);
+        fence(Ordering::Release);
+        let (o0, o1) = flow.orig.words();
+        let (r0, r1) = flow.reply.words();
+        let words = [
+            o0,
+            o1,
+            r0,
+            r1,
+            (u64::from(flow.service) << 32) | u64::from(flow.backend),
+            (u64::from(flow.generation) << 32) | u64::from(flow.mark),
+        ];
+        for (a, v) in s.w.iter().zip(words) {
+            a.store(v, Ordering::Relaxed);
+        }
+        let reuse = Meta(s.meta.load(Ordering::Relaxed)).reuse();
+        s.meta.store(
+            Meta::fresh(reuse, class_of(flow.orig.proto), now).0,
+            Ordering::Relaxed,
+        );
+        s.seq.store(seq.wrapping_add(2), Ordering::Release);
+        let c = &self.counters[slot as usize];
+        for a in c.packets.iter().chain(c.bytes.iter()) {
+            a.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// Finds the live, unexpired flow holding tuple `t` (hash `h`).
+    #[inline]
+    fn find(&self, t: &Tuple, h: u32, now: u32) -> Option<Hit> {
+        self.scan(t, h, now, false)
+    }
+
+    /// With `reclaim` (inserts, under the bucket lock), also frees every expired flow that
+    /// holds `t`, so a tuple reused after expiry does not pile up dead index entries, and
+    /// looks at the whole window so what it frees does not depend on entry order.
+    #[inline]
+    fn scan(&self, t: &Tuple, h: u32, now: u32, reclaim: bool) -> Option<Hit> {
+        let sig = u64::from(h) << 32;
+        let mut found = None;
+        for (_, e) in self.window(self.bucket_of(h)) {
+            let v = e.load(Ordering::Acquire);
+            if v & !(DIR_BIT | SLOT_MASK) != sig || v == 0 {
+                continue;
+            }
+            let slot = ((v & SLOT_MASK) - 1) as u32;
+            let dir = if v & DIR_BIT != 0 {
+                Dir::Reply
+            } else {
+                Dir::Original
+            };
+            let Some((flow, m)) = self.read_slot(slot) else {
+                continue;
+            };
+            let tuple = if dir == Dir::Original {
+                &flow.orig
+            } else {
+                &flow.reply
+            };
+            if m.life() != LIFE_LIVE || tuple != t {
+                continue;
+            }
+            if self.timeouts.expired(m, now) {
+                if reclaim && self.kill_if(slot, |m| self.timeouts.expired(m, now)) {
+                    self.release(slot);
+                    self.stats.expired.fetch_add(1, Ordering::Relaxed);
+                }
+                continue;
+            }
+            if found.is_none() {
+                found = Some(Hit {
+                    slot,
+                    dir,
+                    flow,
+                    state: m.state(),
+                    replied: m.replied(),
+                });
+                if !reclaim {
+                    break;
+                }
+            }
+        }
+        found
+    }
+
+    /// Frees the expired flows that have an entry in the window of home bucket `b`.
+    fn reclaim_window(&self, b: usize, now: u32) {
+        for (_, e) in self.window(b) {
+            let v = e.load(Ordering::Relaxed);
+            if v == 0 {
+                continue;
+            }
+            let slot = ((v & SLOT_MASK) - 1) as u32;
+            if self.kill_if(slot, |m| self.timeouts.expired(m, now)) {
+                self.release(slot);
+                self.stats.expired.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Claims an empty entry in the window of `h` for `value`, freeing expired flows there
+    /// if it is full.
+    fn publish_or_reclaim(&self, h: u32, value: u64, now: u32) -> Option<(usize, &AtomicU64)> {
+        self.publish(h, value).or_else(|| {
+            self.reclaim_window(self.bucket_of(h), now);
+            self.publish(h, value)
+        })
+    }
+
+    /// Claims an empty entry for `value` in its home bucket or the next ones (the caller
+    /// holds the home's lock). Returns the entry and the bucket it is in.
+    fn publish(&self, h: u32, value: u64) -> Option<(usize, &AtomicU64)> {
+        let home = self.bucket_of(h);
+        let nb = self.buckets.len();
+        for k in 0..PROBE_BUCKETS.min(nb) {
+            let bi = (home + k) % nb;
+            if k == 1 {
+                // Counted before the entry appears, so a reader that could see the entry
+                // is also told to look past the home bucket.
+                self.buckets[home]
+                    .ctl
+                    .fetch_add(OVERFLOW_ONE, Ordering::AcqRel);
+            }
+            for e in &self.buckets[bi].e {
+                if e.load(Ordering::Relaxed) == 0
+                    && e.compare_exchange(0, value, Ordering::Release, Ordering::Relaxed)
+                        .is_ok()
+                {
+                    return Some((bi, e));
+                }
+            }
+        }
+        if nb > 1 {
+            self.buckets[home]
+                .ctl
+                .fetch_sub(OVERFLOW_ONE, Ordering::Relaxed);
+        }
+        None
+    }
+
+    /// Clears the entry `value` of a tuple with hash `h`, and its overflow count.
+    fn unpublish(&self, h: u32, value: u64) {
+        let home = self.bucket_of(h);
+        for (bi, e) in self.window(home) {
+            if e.load(Ordering::Relaxed) == value
+                && e.compare_exchange(value, 0, Ordering::Relaxed, Ordering::Relaxed)
+                    .is_ok()
+            {
+                self.unpublished(home, bi);
+                return;
+            }
+        }
+    }
+
+    #[inline]
+    fn unpublished(&self, home: usize, bi: usize) {
+        if bi != home {
+            self.buckets[home]
+                .ctl
+                .fetch_sub(OVERFLOW_ONE, Ordering::Relaxed);
+        }
+    }
+
+    /// Moves a LIVE slot to DEAD if `pred(meta)` holds, clearing its index entries. On
+    /// success the caller owns the slot and must reuse it or [`Self::release`] it.
+    fn kill_if(&self, slot: u32, pred: impl Fn(Meta) -> bool) -> bool {
+        let s = &self.slots[slot as usize];
+        let mut m = Meta(s.meta.load(Ordering::Acquire));
+        loop {
+            if m.life() != LIFE_LIVE || !pred(m) {
+                return false;
+            }
+            let dead = m.with_life(LIFE_DEAD).bump_gen();
+            match s
+                .meta
+                .compare_exchange(m.0, dead.0, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => break,
+                Err(cur) => m = Meta(cur),
+            }
+        }
+        // Only the owner writes a slot's fields, and we own it now: the read cannot tear
+        // unless an insert is still writing, which LIVE rules out.
+        if let Some((flow, _)) = self.read_slot(slot) {
+            let ho = flow.orig.hash();
+            self.unpublish(ho, entry(ho, Dir::Original, slot));
+            if flow.reply != flow.orig {
+                let hr = flow.reply.hash();
+                self.unpublish(hr, entry(hr, Dir::Reply, slot));
+            }
+        }
+        self.stats.entries.fetch_sub(1, Ordering::Relaxed);
+        true
+    }
+
+    fn release(&self, slot: u32) {
+        let s = &self.slots[slot as usize];
+        let m = Meta(s.meta.load(Ordering::Relaxed));
+        s.meta.store(m.with_life(LIFE_FREE).0, Ordering::Release);
+        self.push_free(slot);
+    }
+
+    /// Frees a slot for an insert when none is free: the first expired flow in a window of
+    /// slots, else the least recently seen flow that never saw a reply and is not
+    /// established (netfilter's early_drop). Never a replied or established flow.
+    fn early_drop(&self, h: u32, now: u32) -> Option<u32> {
+        let cap = self.capacity;
+        let start = ((u64::from(h) * u64::from(cap)) >> 32) as u32;
+        let mut victim: Option<(u32, u32)> = None;
+        for i in 0..EARLY_DROP_WINDOW.min(cap) {
+            let slot = (start + i) % cap;
+            let m = Meta(self.slots[slot as usize].meta.load(Ordering::Relaxed));
+            if m.life() != LIFE_LIVE {
+                continue;
+            }
+            if self.timeouts.expired(m, now) {
+                if self.kill_if(slot, |m| self.timeouts.expired(m, now)) {
+                    self.stats.expired.fetch_add(1, Ordering::Relaxed);
+                    return Some(slot);
+                }
+                continue;
+            }
+            if evictable(m) && victim.is_none_or(|(_, ts)| m.ts() < ts) {
+                victim = Some((slot, m.ts()));
+            }
+        }
+        let (slot, _) = victim?;
+        if self.kill_if(slot, evictable) {
+            self.stats.early_drops.fetch_add(1, Ordering::Relaxed);
+            Some(slot)
+        } else {
+            None
+        }
+    }
+
+    // ----- public API -----
+
+    /// The live flow `t` belongs to, in either direction. Expired entries are misses.
+    #[inline]
+    pub fn lookup(&self, t: &Tuple, now_s: u32) -> Option<Hit> {
+        self.find(t, t.hash(), now_s)
+    }
+
+    /// Inserts `flow`, stamped `now_s`, in state None (call [`Self::update`] with the first
+    /// packet's flags). If a live flow already has `flow.orig` as its original tuple (two
+    /// workers racing on one flow's first packets, the Kubernetes UDP DNS race), returns
+    /// that flow and inserts nothing, so both translate the same way. If `flow.orig` is
+    /// the *reply* tuple of a live flow, the packet raced its own flow's creation on another
+    /// worker: that flow is returned with `dir == Reply`, to be handled as a reply. If
+    /// `flow.reply` is a tuple of another live flow: `Err(Clash)`.
+    pub fn insert(&self, flow: Flow, now_s: u32) -> Result<Hit, InsertError> {
+        let ho = flow.orig.hash();
+        let hr = flow.reply.hash();
+        let (bo, br) = (self.bucket_of(ho), self.bucket_of(hr));
+        // Lock order: lower bucket first.
+        let (first, second) = (bo.min(br), bo.max(br));
+        let _g1 = lock(&self.buckets[first].ctl);
+        let _g2 = (second != first).then(|| lock(&self.buckets[second].ctl));
+
+        if let Some(hit) = self.scan(&flow.orig, ho, now_s, true) {
+            self.stats.insert_races.fetch_add(1, Ordering::Relaxed);
+            return Ok(hit);
+        }
+        if flow.reply != flow.orig && self.scan(&flow.reply, hr, now_s, true).is_some() {
+            return Err(InsertError::Clash);
+        }
+        let Some(slot) = self.pop_free().or_else(|| self.early_drop(ho, now_s)) else {
+            self.stats.full_drops.fetch_add(1, Ordering::Relaxed);
+            return Err(InsertError::Full);
+        };
+        self.write_slot(slot, &flow, now_s);
+        let eo = entry(ho, Dir::Original, slot);
+        let er = entry(hr, Dir::Reply, slot);
+        let Some((pb, po)) = self.publish_or_reclaim(ho, eo, now_s) else {
+            return self.insert_failed(slot);
+        };
+        if flow.reply != flow.orig && self.publish_or_reclaim(hr, er, now_s).is_none() {
+            // Only we could have written `eo`, and nobody kills an INIT slot.
+            if po
+                .compare_exchange(eo, 0, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+            {
+                self.unpublished(bo, pb);
+            }
+            return self.insert_failed(slot);
+        }
+        // Counted before it can be killed, so `entries` never dips below zero.
+        self.stats.entries.fetch_add(1, Ordering::Relaxed);
+        let s = &self.slots[slot as usize];
+        let m = Meta(s.meta.load(Ordering::Relaxed));
+        s.meta.store(m.with_life(LIFE_LIVE).0, Ordering::Release);
+        self.stats.inserts.fetch_add(1, Ordering::Relaxed);
+        Ok(Hit {
+            slot,
+            dir: Dir::Original,
+            flow,
+            state: TcpState::None,
+            replied: false,
+        })
+    }
+
+    fn insert_failed(&self, slot: u32) -> Result<Hit, InsertError> {
+        self.release(slot);
+        self.stats.full_drops.fetch_add(1, Ordering::Relaxed);
+        Err(InsertError::Full)
+    }
+
+    /// Per packet of a tracked flow: refreshes the timestamp, advances the TCP state on
+    /// `tcp_flags` (0 for non-TCP) in direction `dir`, marks the flow replied when
+    /// `dir == Reply`, and counts the packet and its bytes. A no-op if `hit.slot` no longer
+    /// holds `hit.flow` (removed or expired and reused meanwhile).
+    pub fn update(&self, hit: &Hit, dir: Dir, tcp_flags: u8, bytes: u32, now_s: u32) {
+        let Some(slot) = self.slots.get(hit.slot as usize) else {
+            return;
+        };
+        let Some((flow, mut m)) = self.read_slot(hit.slot) else {
+            return;
+        };
+        if m.life() != LIFE_LIVE || flow.orig != hit.flow.orig {
+            return;
+        }
+        let reuse = m.reuse();
+        loop {
+            let (state, fins) = if m.class() == CLASS_TCP {
+                tcp::next(m.state(), m.fins(), dir, tcp_flags)
+            } else {
+                (m.state(), m.fins())
+            };
+            let replied = m.replied() || dir == Dir::Reply;
+            let next = m.with(m.ts().max(now_s), state, fins, replied);
+            if next == m {
+                break;
+            }
+            match slot
+                .meta
+                .compare_exchange_weak(m.0, next.0, Ordering::Relaxed, Ordering::Relaxed)
+            {
+                Ok(_) => break,
+                Err(cur) => {
+                    m = Meta(cur);
+                    if m.life() != LIFE_LIVE || m.reuse() != reuse {
+                        return;
+                    }
+                }
+            }
+        }
+        let c = &self.counters[hit.slot as usize];
+        c.packets[dir.idx()].fetch_add(1, Ordering::Relaxed);
+        c.bytes[dir.idx()].fetch_add(u64::from(bytes), Ordering::Relaxed);
+    }
+
+    /// Removes the flow in `slot` (e.g. from `hit.slot`). False if it was not live.
+    pub fn remove(&self, slot: u32) -> bool {
+        if slot >= self.capacity || !self.kill_if(slot, |_| true) {
+            return false;
+        }
+        self.release(slot);
+        true
+    }
+
+    /// Incremental garbage collection: looks at up to `budget` slots from a cursor and frees
+    /// the expired ones. Runs beside the workers (control thread). Returns the number freed.
+    pub fn gc(&self, now_s: u32, budget: u32) -> u32 {
+        let cap = self.capacity;
+        let budget = budget.min(cap);
+        let start = self.gc_cursor.fetch_add(budget, Ordering::Relaxed) % cap;
+        let mut freed = 0;
+        for i in 0..budget {
+            let slot = ((u64::from(start) + u64::from(i)) % u64::from(cap)) as u32;
+            let m = Meta(self.slots[slot as usize].meta.load(Ordering::Relaxed));
+            if m.life() == LIFE_LIVE
+                && self.timeouts.expired(m, now_s)
+                && self.kill_if(slot, |m| self.timeouts.expired(m, now_s))
+            {
+                self.release(slot);
+                freed += 1;
+            }
+        }
+        self.stats
+            .expired
+            .fetch_add(u64::from(freed), Ordering::Relaxed);
+        freed
+    }
+
+    /// Removes every flow. Returns how many were removed.
+    pub fn flush(&self) -> u32 {
+        let mut n = 0;
+        for slot in 0..self.capacity {
+            if self.remove(slot) {
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// Live slots, including expired ones gc has not reclaimed yet.
+    pub fn count(&self) -> u64 {
+        self.stats.entries.load(Ordering::Relaxed)
+    }
+
+    pub fn stats(&self) -> Stats {
+        let s = &self.stats;
+        Stats {
+            entries: s.entries.load(Ordering::Relaxed),
+            inserts: s.inserts.load(Ordering::Relaxed),
+            insert_races: s.insert_races.load(Ordering::Relaxed),
+            early_drops: s.early_drops.load(Ordering::Relaxed),
+            expired: s.expired.load(Ordering::Relaxed),
+            full_drops: s.full_drops.load(Ordering::Relaxed),
+            capacity: u64::from(self.capacity),
+        }
+    }
+
+    fn view(&self, slot: u32, now: u32) -> Option<EntryView> {
+        let (flow, m) = self.read_slot(slot)?;
+        if m.life() != LIFE_LIVE || self.timeouts.expired(m, now) {
+            return None;
+        }
+        let c = &self.counters[slot as usize];
+        Some(EntryView {
+            slot,
+            orig: flow.orig,
+            reply: flow.reply,
+            proto: flow.orig.proto,
+            state: m.state(),
+            timeout_left: (self.timeouts.deadline(m) - u64::from(now)) as u32,
+            replied: m.replied(),
+            packets: [0, 1].map(|d| c.packets[d].load(Ordering::Relaxed)),
+            bytes: [0, 1].map(|d| c.bytes[d].load(Ordering::Relaxed)),
+            service: flow.service,
+            backend: flow.backend,
+            generation: flow.generation,
+            mark: flow.mark,
+        })
+    }
+
+    /// Every live, unexpired flow (for `ctl conntrack list`). Scans the whole table.
+    pub fn entries(&self, now_s: u32) -> Vec<EntryView> {
+        (0..self.capacity)
+            .filter_map(|s| self.view(s, now_s))
+            .collect()
+    }
+
+    /// Flows of (service, backend): (active = TCP established, inactive = the rest), as
+    /// `ipvsadm -Ln` counts ActiveConn/InActConn. Scans the whole table.
+    pub fn backend_conns(&self, service: u32, backend: u32, now_s: u32) -> (u64, u64) {
+        let (mut active, mut inactive) = (0, 0);
+        for slot in 0..self.capacity {
+            let Some((flow, m)) = self.read_slot(slot) else {
+                continue;
+            };
+            if m.life() != LIFE_LIVE
+                || self.timeouts.expired(m, now_s)
+                || flow.service != service
+                || flow.backend != backend
+            {
+                continue;
+            }
+            if m.class() == CLASS_TCP && m.state() == TcpState::Established {
+                active += 1;
+            } else {
+                inactive += 1;
+            }
+        }
+        (active, inactive)
+    }
+}
+
+/// Early drop may take a flow that never saw a reply and is not established.
+fn evictable(m: Meta) -> bool {
+    !m.replied() && m.state() != TcpState::Established
+}

@@ -1,0 +1,303 @@
+//! Address and port rewrites (DNAT, SNAT, un-NAT) with incremental checksums (RFC 1624),
+//! and the translation of ICMP errors that quote a tracked flow (SPEC B13).
+//!
+//! L4 fields are read and written at fixed offsets of the IP payload rather than through
+//! `TcpPacket`/`UdpPacket`: the first fragment of a fragmented datagram carries the L4 header
+//! but not the whole datagram, so a view's `check_len` (which trusts UDP's length field)
+//! would reject it, yet its ports and checksum must be translated like any other packet's.
+//! The incremental update stays correct for a fragment because it only needs the old and new
+//! values of the words that changed.
+
+use crate::conntrack::{Flow, Tuple};
+use crate::wire::{IcmpMessage, IcmpPacket, IpProtocol, Ipv4Packet, checksum};
+use core::net::Ipv4Addr;
+
+const PROTO_ICMP: u8 = 1;
+const PROTO_TCP: u8 = 6;
+const PROTO_UDP: u8 = 17;
+
+/// Offsets in the L4 header (RFC 9293 §3.1, RFC 768, RFC 792).
+const SPORT: usize = 0;
+const DPORT: usize = 2;
+const TCP_CSUM: usize = 16;
+const TCP_FLAGS: usize = 13;
+const UDP_CSUM: usize = 6;
+const ICMP_CSUM: usize = 2;
+const ICMP_IDENT: usize = 4;
+
+#[inline]
+fn rd16(b: &[u8], off: usize) -> u16 {
+    u16::from_be_bytes([b[off], b[off + 1]])
+}
+
+#[inline]
+fn wr16(b: &mut [u8], off: usize, v: u16) {
+    b[off..off + 2].copy_from_slice(&v.to_be_bytes());
+}
+
+/// The connection-tracking key of a packet, with the TCP flags: TCP/UDP by ports, ICMP echo
+/// by identifier (`sport = dport = ident`). `None` for anything else, for non-first
+/// fragments (no L4 header), and for truncated L4 headers.
+#[inline]
+pub fn tuple_of(ip: &Ipv4Packet<&[u8]>) -> Option<(Tuple, u8)> {
+    if ip.frag_offset() != 0 {
+        return None;
+    }
+    let p = ip.payload();
+    let proto = u8::from(ip.next_header());
+    let (sport, dport, flags) = match proto {
+        PROTO_TCP if p.len() >= 20 => (rd16(p, SPORT), rd16(p, DPORT), p[TCP_FLAGS]),
+        PROTO_UDP if p.len() >= 8 => (rd16(p, SPORT), rd16(p, DPORT), 0),
+        PROTO_ICMP if p.len() >= 8 => {
+            let t = IcmpMessage::from(p[0]);
+            if !matches!(t, IcmpMessage::EchoRequest | IcmpMessage::EchoReply) {
+                return None;
+            }
+            let id = rd16(p, ICMP_IDENT);
+            (id, id, 0)
+        }
+        _ => return None,
+    };
+    Some((
+        Tuple {
+            src: ip.src_addr(),
+            dst: ip.dst_addr(),
+            sport,
+            dport,
+            proto,
+        },
+        flags,
+    ))
+}
+
+/// What a packet with tuple `t`, travelling in direction `original` of `flow`, must look like
+/// after translation: an original-direction packet leaves as the reply tuple reversed
+/// (to the backend, from the SNAT address), a reply leaves as the original tuple reversed
+/// (from the VIP, to the client).
+#[inline]
+pub fn translated(flow: &Flow, original: bool) -> Tuple {
+    if original {
+        flow.reply.reverse()
+    } else {
+        flow.orig.reverse()
+    }
+}
+
+/// Rewrites the IPv4 packet in `l3` (its header already validated) to carry `to`'s
+/// addresses and ports, updating the IPv4 header checksum and the L4 checksum incrementally.
+/// ICMP echo carries its identifier in both port slots.
+#[inline]
+pub fn rewrite(l3: &mut [u8], to: &Tuple) {
+    let mut ip = Ipv4Packet::new_unchecked(&mut *l3);
+    let (os, od) = (ip.src_addr(), ip.dst_addr());
+    let first = ip.frag_offset() == 0;
+    let hl = ip.header_len() as usize;
+    let mut c = ip.checksum();
+    if os != to.src {
+        c = checksum::update_addr(c, os, to.src);
+        ip.set_src_addr(to.src);
+    }
+    if od != to.dst {
+        c = checksum::update_addr(c, od, to.dst);
+        ip.set_dst_addr(to.dst);
+    }
+    ip.set_checksum(c);
+    let proto = to.proto;
+    let start = hl.min(l3.len());
+    let l4 = &mut l3[start..];
+    match proto {
+        PROTO_TCP if first && l4.len() >= 20 => {
+            let mut c = rd16(l4, TCP_CSUM);
+            c = checksum::update_addr(c, os, to.src);
+            c = checksum::update_addr(c, od, to.dst);
+            c = checksum::update16(c, rd16(l4, SPORT), to.sport);
+            c = checksum::update16(c, rd16(l4, DPORT), to.dport);
+            wr16(l4, SPORT, to.sport);
+            wr16(l4, DPORT, to.dport);
+            wr16(l4, TCP_CSUM, c);
+        }
+        PROTO_UDP if first && l4.len() >= 8 => {
+            let c = rd16(l4, UDP_CSUM);
+            // RFC 768: 0 means "no checksum" and stays 0; a computed 0 is sent as 0xffff.
+            if c != 0 {
+                let mut c = checksum::update_addr(c, os, to.src);
+                c = checksum::update_addr(c, od, to.dst);
+                c = checksum::update16(c, rd16(l4, SPORT), to.sport);
+                c = checksum::update16(c, rd16(l4, DPORT), to.dport);
+                wr16(l4, UDP_CSUM, if c == 0 { 0xffff } else { c });
+            }
+            wr16(l4, SPORT, to.sport);
+            wr16(l4, DPORT, to.dport);
+        }
+        PROTO_ICMP if first && l4.len() >= 8 => {
+            // No pseudo-header: only the identifier is covered.
+            let old = rd16(l4, ICMP_IDENT);
+            if old != to.sport {
+                let c = checksum::update16(rd16(l4, ICMP_CSUM), old, to.sport);
+                wr16(l4, ICMP_IDENT, to.sport);
+                wr16(l4, ICMP_CSUM, c);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// An ICMP error's quoted datagram: where it starts in the ICMP message and its tuple.
+#[derive(Debug, Clone, Copy)]
+pub struct Quoted {
+    /// The tuple of the quoted packet as it was sent (the offending packet).
+    pub tuple: Tuple,
+}
+
+/// Offset of the quoted datagram inside an ICMP error message.
+const QUOTE_AT: usize = 8;
+
+/// Parses the datagram quoted by the ICMP error in `icmp` (the whole ICMP message).
+/// `None` unless it is a TCP, UDP or ICMP echo packet with its ports (identifier) present.
+pub fn quoted(icmp: &[u8]) -> Option<Quoted> {
+    let inner = icmp.get(QUOTE_AT..)?;
+    let ip = Ipv4Packet::new_unchecked(inner);
+    ip.check_header_len().ok()?;
+    if !ip.is_valid_version() || ip.frag_offset() != 0 {
+        return None;
+    }
+    let hl = ip.header_len() as usize;
+    let l4 = inner.get(hl..)?;
+    let proto = u8::from(ip.next_header());
+    let (sport, dport) = match proto {
+        PROTO_TCP | PROTO_UDP if l4.len() >= 4 => (rd16(l4, SPORT), rd16(l4, DPORT)),
+        PROTO_ICMP if l4.len() >= 8 => {
+            let t = IcmpMessage::from(l4[0]);
+            if !matches!(t, IcmpMessage::EchoRequest | IcmpMessage::EchoReply) {
+                return None;
+            }
+            let id = rd16(l4, ICMP_IDENT);
+            (id, id)
+        }
+        _ => return None,
+    };
+    Some(Quoted {
+        tuple: Tuple {
+            src: ip.src_addr(),
+            dst: ip.dst_addr(),
+            sport,
+            dport,
+            proto,
+        },
+    })
+}
+
+/// Writes a 16-bit word of the ICMP message and folds the change into its checksum.
+#[inline]
+fn put16(msg: &mut [u8], off: usize, new: u16, csum: &mut u16) {
+    let old = rd16(msg, off);
+    if old != new {
+        *csum = checksum::update16(*csum, old, new);
+        wr16(msg, off, new);
+    }
+}
+
+#[inline]
+fn put_addr(msg: &mut [u8], off: usize, new: Ipv4Addr, csum: &mut u16) {
+    let b = new.octets();
+    put16(msg, off, u16::from_be_bytes([b[0], b[1]]), csum);
+    put16(msg, off + 2, u16::from_be_bytes([b[2], b[3]]), csum);
+}
+
+/// Translates an ICMP error in `l3` whose quoted packet had tuple `q` and belongs to `flow`,
+/// the error travelling in direction `original` (the direction of `q.reverse()`): the outer
+/// destination becomes the translated peer, the outer source too if the error came from the
+/// quoted packet's destination itself, and the quoted header and L4 ports are translated
+/// back to what that peer sent. Every checksum involved — outer IPv4, ICMP, quoted IPv4,
+/// quoted UDP (and quoted TCP/ICMP when they are quoted in full) — is updated incrementally.
+pub fn rewrite_icmp_error(l3: &mut [u8], q: &Tuple, flow: &Flow, original: bool) {
+    // The error flows like a packet with tuple q.reverse(); `t` is that packet translated.
+    let t = translated(flow, original);
+    // What the quoted packet must become: the translated flow in the other direction.
+    let inner = t.reverse();
+    let (outer_src, hl) = {
+        let ip = Ipv4Packet::new_unchecked(&*l3);
+        (ip.src_addr(), ip.header_len() as usize)
+    };
+    let new_outer_src = if outer_src == q.dst { t.src } else { outer_src };
+    {
+        let mut ip = Ipv4Packet::new_unchecked(&mut *l3);
+        let mut c = ip.checksum();
+        let od = ip.dst_addr();
+        if od != t.dst {
+            c = checksum::update_addr(c, od, t.dst);
+            ip.set_dst_addr(t.dst);
+        }
+        if outer_src != new_outer_src {
+            c = checksum::update_addr(c, outer_src, new_outer_src);
+            ip.set_src_addr(new_outer_src);
+        }
+        ip.set_checksum(c);
+    }
+    let msg = &mut l3[hl..];
+    let mut icsum = rd16(msg, ICMP_CSUM);
+    let ihl = {
+        let iip = Ipv4Packet::new_unchecked(&msg[QUOTE_AT..]);
+        iip.header_len() as usize
+    };
+    // Quoted IPv4 header: addresses and its own checksum.
+    let ip_at = QUOTE_AT;
+    let mut ipc = rd16(msg, ip_at + 10);
+    let (qs, qd) = (q.src, q.dst);
+    ipc = checksum::update_addr(ipc, qs, inner.src);
+    ipc = checksum::update_addr(ipc, qd, inner.dst);
+    put_addr(msg, ip_at + 12, inner.src, &mut icsum);
+    put_addr(msg, ip_at + 16, inner.dst, &mut icsum);
+    put16(msg, ip_at + 10, ipc, &mut icsum);
+    // Quoted L4.
+    let l4 = ip_at + ihl;
+    let avail = msg.len().saturating_sub(l4);
+    match q.proto {
+        PROTO_TCP | PROTO_UDP => {
+            let csum_at = if q.proto == PROTO_TCP {
+                TCP_CSUM
+            } else {
+                UDP_CSUM
+            };
+            if avail >= csum_at + 2 {
+                let old = rd16(msg, l4 + csum_at);
+                if old != 0 || q.proto == PROTO_TCP {
+                    let mut c = checksum::update_addr(old, qs, inner.src);
+                    c = checksum::update_addr(c, qd, inner.dst);
+                    c = checksum::update16(c, q.sport, inner.sport);
+                    c = checksum::update16(c, q.dport, inner.dport);
+                    if q.proto == PROTO_UDP && c == 0 {
+                        c = 0xffff;
+                    }
+                    put16(msg, l4 + csum_at, c, &mut icsum);
+                }
+            }
+            put16(msg, l4 + SPORT, inner.sport, &mut icsum);
+            put16(msg, l4 + DPORT, inner.dport, &mut icsum);
+        }
+        PROTO_ICMP => {
+            let old = rd16(msg, l4 + ICMP_IDENT);
+            let c = checksum::update16(rd16(msg, l4 + ICMP_CSUM), old, inner.sport);
+            put16(msg, l4 + ICMP_IDENT, inner.sport, &mut icsum);
+            put16(msg, l4 + ICMP_CSUM, c, &mut icsum);
+        }
+        _ => {}
+    }
+    wr16(msg, ICMP_CSUM, icsum);
+}
+
+/// The ICMP message of `ip` if it is an error (destination unreachable incl. fragmentation
+/// needed, time exceeded, parameter problem) that quotes a packet.
+#[inline]
+pub fn icmp_error_payload<'a>(ip: &'a Ipv4Packet<&[u8]>) -> Option<&'a [u8]> {
+    if ip.next_header() != IpProtocol::Icmp || ip.frag_offset() != 0 {
+        return None;
+    }
+    let p = ip.payload();
+    let icmp = IcmpPacket::new_checked(p).ok()?;
+    matches!(
+        icmp.msg_type(),
+        IcmpMessage::DstUnreachable | IcmpMessage::TimeExceeded | IcmpMessage::ParamProblem
+    )
+    .then_some(p)
+}
