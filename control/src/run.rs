@@ -108,9 +108,26 @@ pub fn run(opts: &RunOptions) -> anyhow::Result<()> {
             );
         }
     }
+    // Building thousands of services (scheduler tables each) takes a while: say so.
+    let building = Instant::now();
+    if cfg.services.len() >= 1000 {
+        println!(
+            "afgate: building tables: {} services, {} routes…",
+            cfg.services.len(),
+            cfg.routes.len()
+        );
+        std::io::stdout().flush().ok();
+    }
     let mut tables = cfg
         .tables(&|dev| Ok((sys::device_mac(dev)?, sys::device_mtu(dev)?)))
         .with_context(|| format!("{}: reading the ports' devices", opts.config.display()))?;
+    if cfg.services.len() >= 1000 {
+        println!(
+            "afgate: built {} services in {:.2} s",
+            tables.services.len(),
+            building.elapsed().as_secs_f64()
+        );
+    }
     for p in &cfg.ports {
         let queues = sys::device_rx_queues(&p.device)?;
         if (queues as usize) < cfg.workers.cores.len() {

@@ -419,3 +419,162 @@ fn non_root_is_refused_and_invalid_reload_changes_nothing() -> Result<()> {
     assert_eq!((p.sent, p.received), (20, 20), "no loss across reloads");
     Ok(())
 }
+
+const KUBE_DNS: &str = r#"
+apiVersion: v1
+kind: List
+items:
+- apiVersion: v1
+  kind: Service
+  metadata: { name: kube-dns, namespace: kube-system }
+  spec:
+    clusterIP: 10.96.0.10
+    type: ClusterIP
+    ports:
+    - { name: dns, port: 53, protocol: UDP, targetPort: 5353 }
+- apiVersion: discovery.k8s.io/v1
+  kind: EndpointSlice
+  addressType: IPv4
+  metadata:
+    name: kube-dns-x1
+    namespace: kube-system
+    labels: { kubernetes.io/service-name: kube-dns }
+  ports:
+  - { name: dns, port: 5353, protocol: UDP }
+  endpoints:
+  - addresses: [10.186.200.10]
+    conditions: { ready: true, serving: true, terminating: false }
+    nodeName: node-104
+"#;
+
+#[test]
+fn services_backends_conntrack_and_kubernetes_manifests() -> Result<()> {
+    use afgate_tests::peer;
+    let n = start(|y| y)?;
+    let ext = n.lab.addrs.ext_ip;
+    ctl(&n, &["service", "add", "-t", "10.96.10.1:80", "-s", "rr"])?;
+    ctl(
+        &n,
+        &[
+            "backend",
+            "add",
+            "-t",
+            "10.96.10.1:80",
+            "-r",
+            &format!("{ext}:8080"),
+        ],
+    )?;
+    let server = peer::tcp_server(&n.lab.ext.ns, &format!("{ext}:8080"), "ext", 20)?;
+    let c = peer::tcp_client(&n.lab.pod.ns, "10.96.10.1:80", 1000, 10)?;
+    assert!(c.echoed, "{}", c.stdout);
+    assert_eq!(c.reply.client_ip(), n.lab.addrs.pod_ip.to_string());
+    drop(server);
+
+    let list = json(&ctl(&n, &["-o", "json", "service", "list"])?)?;
+    let svc = list
+        .as_array()
+        .and_then(|a| a.iter().find(|s| s["addr"] == "10.96.10.1"))
+        .with_context(|| format!("{list}"))?;
+    let b = &svc["backends"][0];
+    assert_eq!(b["addr"], ext.to_string());
+    let conns = b["active_conns"].as_u64().unwrap_or(0) + b["inactive_conns"].as_u64().unwrap_or(0);
+    assert!(conns >= 1, "the flow is counted on its backend: {svc}");
+    let text = ctl(&n, &["service", "list"])?;
+    assert!(
+        text.contains("TCP  10.96.10.1:80") && text.contains(&format!("-> {ext}:8080")),
+        "{text}"
+    );
+
+    let ct = json(&ctl(
+        &n,
+        &[
+            "-o",
+            "json",
+            "conntrack",
+            "list",
+            "--dport",
+            "80",
+            "-p",
+            "tcp",
+        ],
+    )?)?;
+    let e = ct["entries"]
+        .as_array()
+        .and_then(|a| a.iter().find(|e| e["orig"]["dst"] == "10.96.10.1"))
+        .with_context(|| format!("{ct}"))?;
+    assert_eq!(e["reply"]["src"], ext.to_string());
+    assert_eq!(e["reply"]["sport"], 8080);
+    let none = json(&ctl(
+        &n,
+        &["-o", "json", "conntrack", "list", "--dport", "9999"],
+    )?)?;
+    assert_eq!(none["total"], 0);
+    let ct_text = ctl(
+        &n,
+        &[
+            "conntrack",
+            "list",
+            "--src",
+            &n.lab.addrs.pod_ip.to_string(),
+        ],
+    )?;
+    assert!(
+        ct_text.contains("dst=10.96.10.1") && ct_text.contains("dport=80"),
+        "{ct_text}"
+    );
+    assert!(ctl(&n, &["conntrack", "count"])?.trim().parse::<u64>()? >= 1);
+    let m = ctl(&n, &["metrics"])?;
+    assert!(
+        m.contains("afgate_backend_inactive_conns{service=")
+            || m.contains("afgate_backend_active_conns{service="),
+        "{m}"
+    );
+    assert!(m.contains("afgate_conntrack_inserts_total"));
+
+    // Kubernetes objects: kube-dns over UDP to a backend on another node.
+    let manifests = n.lab.lab.tmp().join("dns.yaml");
+    std::fs::write(&manifests, KUBE_DNS)?;
+    let out = ctl(
+        &n,
+        &[
+            "apply",
+            "-f",
+            manifests.to_str().context("utf-8")?,
+            "--node-name",
+            "node-103",
+        ],
+    )?;
+    assert!(out.contains("1 service port(s) programmed"), "{out}");
+    let dns = peer::udp_server(&n.lab.ext.ns, &format!("{ext}:5353"), "dns", 20)?;
+    let u = peer::udp_client(&n.lab.pod.ns, "10.96.0.10:53", 3, 5)?;
+    assert_eq!((u.sent, u.received), (3, 3), "DNS through the k8s service");
+    drop(dns);
+    assert!(ctl(&n, &["service", "list"])?.contains("UDP  10.96.0.10:53"));
+
+    // Drain: weight 0 in the ipvsadm view, state terminating in JSON.
+    ctl(
+        &n,
+        &[
+            "backend",
+            "drain",
+            "-t",
+            "10.96.10.1:80",
+            "-r",
+            &ext.to_string(),
+        ],
+    )?;
+    let list = json(&ctl(&n, &["-o", "json", "service", "list"])?)?;
+    let svc = list
+        .as_array()
+        .and_then(|a| a.iter().find(|s| s["addr"] == "10.96.10.1"))
+        .context("service")?;
+    assert_eq!(svc["backends"][0]["state"], "terminating");
+    ctl(&n, &["conntrack", "flush"])?;
+    assert_eq!(
+        json(&ctl(&n, &["-o", "json", "conntrack", "list"])?)?["total"],
+        0
+    );
+    ctl(&n, &["service", "del", "-t", "10.96.10.1:80"])?;
+    assert!(!ctl(&n, &["service", "list"])?.contains("10.96.10.1:80"));
+    Ok(())
+}

@@ -112,6 +112,12 @@ impl Config {
             if let Some(i) = message.find(" at line ") {
                 message.truncate(i);
             }
+            // ...and its own rendering of the path in front: we print the full one.
+            if let Some((head, rest)) = message.split_once(": ")
+                && !head.contains(' ')
+            {
+                message = rest.to_string();
+            }
             let field = if field == "." { String::new() } else { field };
             ConfigErrors(vec![ConfigError {
                 file: file.into(),

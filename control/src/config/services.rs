@@ -634,7 +634,7 @@ conntrack: { capacity: 4096, timeouts: { udp: 10 } }
             e[0].2.contains("10.96.10.1:80/tcp") && e[0].2.contains("services[0]"),
             "{e:?}"
         );
-        assert_eq!(e[0].1, Some(21), "{e:?}");
+        assert_eq!(e[0].1, Some(18), "{e:?}");
     }
 
     #[test]

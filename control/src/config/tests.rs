@@ -49,12 +49,12 @@ fn bad_value_names_file_line_and_field() {
     );
     let e = &errors(&text)[0];
     assert_eq!(e.file, Path::new("node.yaml"));
-    assert_eq!(e.line, Some(10));
+    assert_eq!(e.line, Some(9));
     assert_eq!(e.field, "ports[0].addresses[0]");
     assert!(e.message.contains("a.b.c.d/len"), "{}", e.message);
     assert!(
         e.to_string()
-            .starts_with("node.yaml:10: ports[0].addresses[0]: "),
+            .starts_with("node.yaml:9: ports[0].addresses[0]: "),
         "{e}"
     );
 }
@@ -63,13 +63,14 @@ fn bad_value_names_file_line_and_field() {
 fn unknown_field_is_rejected() {
     let text = GOOD.replace("    role: pod\n", "    role: pod\n    colour: blue\n");
     let e = &errors(&text)[0];
-    assert_eq!(e.field, "ports[1]");
+    assert_eq!(e.field, "ports[1].colour");
     assert!(
         e.message.contains("unknown field `colour`"),
         "{}",
         e.message
     );
-    assert_eq!(e.line, Some(14));
+    assert_eq!(e.line, Some(13));
+    assert!(!e.message.starts_with("ports"), "path not repeated: {}", e.message);
 }
 
 #[test]
@@ -92,7 +93,7 @@ fn dangling_reference_points_at_its_line() {
     );
     let e = &errors(&text)[0];
     assert_eq!(e.field, "routes[0].dev");
-    assert_eq!(e.line, Some(16));
+    assert_eq!(e.line, Some(14));
     assert!(e.message.contains("pod61"));
 }
 

@@ -528,6 +528,12 @@ impl core::fmt::Debug for Conntrack {
     }
 }
 
+// Workers share one table through an `Arc`.
+const _: fn() = || {
+    fn shared<T: Send + Sync>() {}
+    shared::<Conntrack>();
+};
+
 /// Releases a bucket write lock on drop.
 struct BucketGuard<'a>(&'a AtomicU64);
 
