@@ -434,12 +434,12 @@ fn stats_text(v: &Value) -> String {
             o += &format!(
                 "{:<12} {:>5} {:>12} {:>14} {:>12} {:>14} {:>9}\n",
                 name,
-                q["queue"],
-                q["rx_packets"],
-                q["rx_bytes"],
-                q["tx_packets"],
-                q["tx_bytes"],
-                q["tx_drops"]
+                q["queue"].to_string(),
+                q["rx_packets"].to_string(),
+                q["rx_bytes"].to_string(),
+                q["tx_packets"].to_string(),
+                q["tx_bytes"].to_string(),
+                q["tx_drops"].to_string()
             );
         }
     }
@@ -699,7 +699,8 @@ pub fn ipvsadm(v: &Value) -> String {
                 };
                 o += &format!(
                     "  -> {rs:<28} Masq    {w:<6} {:<10} {}\n",
-                    b["active_conns"], b["inactive_conns"]
+                    b["active_conns"].to_string(),
+                    b["inactive_conns"]
                 );
             }
         }

@@ -11,6 +11,7 @@
 pub mod conntrack;
 pub mod counters;
 pub mod frame;
+pub mod mem;
 pub mod observe;
 pub mod pipeline;
 pub mod service;

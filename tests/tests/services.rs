@@ -55,7 +55,11 @@ fn start(lab: &NodeLab, services: &str) -> Result<Afgate> {
     std::fs::write(&path, yaml)?;
     // A control socket of its own: tests run in parallel, each with its own afgate.
     let sock = lab.lab.tmp().join("afgate.sock");
-    Afgate::start_with(&lab.node, &path, &["--api", sock.to_str().context("tmp path")?])
+    Afgate::start_with(
+        &lab.node,
+        &path,
+        &["--api", sock.to_str().context("tmp path")?],
+    )
 }
 
 fn ext_backends(sched: &str, weights: [u16; 3]) -> String {

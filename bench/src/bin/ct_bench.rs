@@ -42,7 +42,7 @@ fn flow(i: u32) -> Flow {
         dst: Ipv4Addr::new(10, 96, 10, (i % 200) as u8 + 1),
         sport,
         dport: 80,
-        proto: if i % 4 == 0 { 17 } else { 6 },
+        proto: if i.is_multiple_of(4) { 17 } else { 6 },
     };
     let reply = Tuple {
         src: Ipv4Addr::new(10, 20, 4, (i % 100) as u8 + 1),

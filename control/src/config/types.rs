@@ -302,6 +302,9 @@ pub struct PassCfg {
     pub port: u16,
 }
 
+/// What the tables need to know about a kernel device: its MAC and MTU.
+pub type DeviceFacts<'a> = dyn Fn(&str) -> std::io::Result<([u8; 6], u16)> + 'a;
+
 pub(super) fn valid_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 15
@@ -498,10 +501,7 @@ impl Config {
 
     /// Builds the dataplane tables. `device` tells each port's MAC and MTU (from the
     /// system when running; made up by `check`).
-    pub fn tables(
-        &self,
-        device: &dyn Fn(&str) -> std::io::Result<([u8; 6], u16)>,
-    ) -> std::io::Result<Tables> {
+    pub fn tables(&self, device: &DeviceFacts<'_>) -> std::io::Result<Tables> {
         let mut ports = Vec::with_capacity(self.ports.len());
         let mut tables = Tables::default();
         tables.fib = afgate_dataplane::tables::Fib::new();

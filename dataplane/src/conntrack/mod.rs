@@ -569,9 +569,10 @@ impl Conntrack {
         let cap = cfg.capacity.clamp(1, (SLOT_MASK - 1) as u32);
         // Two entries per flow at a load of at most 1/3: 6 * cap / 7 buckets.
         let nb = ((u64::from(cap) * 6).div_ceil(BUCKET_ENTRIES as u64)).max(2) as usize;
-        let slots: Box<[Slot]> = (0..cap).map(|_| Slot::default()).collect();
-        let counters: Box<[SlotCounters]> = (0..cap).map(|_| SlotCounters::default()).collect();
-        let buckets: Box<[Bucket]> = (0..nb).map(|_| Bucket::default()).collect();
+        let slots: Box<[Slot]> = crate::mem::huge_slice(cap as usize, |_| Slot::default());
+        let counters: Box<[SlotCounters]> =
+            crate::mem::huge_slice(cap as usize, |_| SlotCounters::default());
+        let buckets: Box<[Bucket]> = crate::mem::huge_slice(nb, |_| Bucket::default());
         let free_next: Box<[AtomicU32]> = (0..cap)
             .map(|i| AtomicU32::new(if i + 1 < cap { i + 1 } else { NIL }))
             .collect();
