@@ -70,7 +70,11 @@ fn unknown_field_is_rejected() {
         e.message
     );
     assert_eq!(e.line, Some(13));
-    assert!(!e.message.starts_with("ports"), "path not repeated: {}", e.message);
+    assert!(
+        !e.message.starts_with("ports"),
+        "path not repeated: {}",
+        e.message
+    );
 }
 
 #[test]
