@@ -47,6 +47,11 @@ pub enum Next {
 
 #[inline]
 pub fn run(frame: &mut Frame, meta: &RxMeta, ctx: &Ctx) -> Next {
+    // A node with no services and no NAT rules, and no flows left from ones it had, has
+    // nothing to translate: plain forwarding skips the conntrack lookup entirely.
+    if ctx.tables.services.is_inert() && ctx.shared.conntrack.count() == 0 {
+        return Next::Continue;
+    }
     let l3 = &frame.data()[ethernet::HEADER_LEN..];
     let ip = Ipv4Packet::new_unchecked(l3);
     let Some((t, flags)) = nat::tuple_of(&ip) else {
