@@ -177,7 +177,14 @@ pub fn run(opts: &RunOptions) -> anyhow::Result<()> {
     // with nothing attached.
     let listener = crate::api::bind(&api_path)?;
     let metrics_listener = metrics_addr.map(crate::metrics::bind).transpose()?;
-    let rt = Runtime::start(rcfg, tables, shared)?;
+    let rt = match Runtime::start(rcfg, tables, shared) {
+        Ok(rt) => rt,
+        Err(e) => {
+            // Nothing will serve the socket: do not leave it behind.
+            let _ = std::fs::remove_file(&api_path);
+            return Err(e.into());
+        }
+    };
     let ctl = Arc::new(crate::api::Control::new(
         cfg.clone(),
         rt.tables.clone(),
