@@ -82,7 +82,7 @@ pub fn runtime_config(cfg: &Config) -> RuntimeConfig {
             .collect(),
         layout: UmemLayout {
             frame_size: 4096,
-            frames: w.frames,
+            frames: w.umem_frames(cfg.ports.len()),
             fill_size: w.ring_size,
             comp_size: w.ring_size,
         },
@@ -244,6 +244,8 @@ pub fn run(opts: &RunOptions) -> anyhow::Result<()> {
     }
     println!("afgate: ready");
     std::io::stdout().flush().ok();
+    // Gratuitous ARP for the node's addresses now that workers run; aging from here on.
+    let mut neigh = crate::neigh_ctl::NeighCtl::start(cfg.neighbors_aging, &rt);
 
     let term = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
@@ -270,6 +272,7 @@ pub fn run(opts: &RunOptions) -> anyhow::Result<()> {
             break;
         }
         ctl.observe_generations();
+        neigh.poll(&rt);
         if last_gc.elapsed() >= CT_GC_EVERY {
             last_gc = Instant::now();
             conntrack_gc(&rt);

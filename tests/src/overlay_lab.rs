@@ -228,7 +228,7 @@ impl OverlayLab {
         let mut y = String::new();
         let _ = writeln!(
             y,
-            "workers:\n  cores: [0]\n  poll: adaptive\n  frames: 16384"
+            "workers:\n  cores: [0]\n  poll: adaptive"
         );
         // Each lab's own control socket, so labs running in parallel do not collide.
         let _ = writeln!(

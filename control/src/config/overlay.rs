@@ -574,7 +574,7 @@ mod tests {
     use std::path::Path;
 
     const OVERLAY: &str = r#"
-workers: { frames: 16384 }
+workers: { cores: [0] }
 ports:
   - { name: ctl, device: ctl, role: ctl, addresses: [10.186.152.103/24] }
   - name: biz

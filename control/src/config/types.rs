@@ -90,6 +90,9 @@ pub struct Config {
     /// Connection-tracking size and timeouts (see `config::services`).
     #[serde(default)]
     pub conntrack: super::services::ConntrackCfg,
+    /// When learned neighbours are refreshed and removed (see `config::neigh`).
+    #[serde(default)]
+    pub neighbors_aging: super::neigh::NeighAgingCfg,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
@@ -127,9 +130,10 @@ pub struct WorkersCfg {
     /// Empty passes before an adaptive worker sleeps.
     #[serde(default = "default_idle_spins")]
     pub idle_spins: u32,
-    /// UMEM frames per worker (4 KiB each), a power of two, 1024-262144.
-    #[serde(default = "default_frames")]
-    pub frames: u32,
+    /// UMEM frames per worker (4 KiB each), a power of two, 1024-262144. Default: enough
+    /// to stock every port's fill and tx rings, rounded up to a power of two.
+    #[serde(default)]
+    pub frames: Option<u32>,
     /// Entries in each rx, tx, fill and completion ring, a power of two, 64-16384.
     #[serde(default = "default_ring")]
     pub ring_size: u32,
@@ -144,11 +148,20 @@ fn default_batch() -> usize {
 fn default_idle_spins() -> u32 {
     256
 }
-fn default_frames() -> u32 {
-    8192
+impl WorkersCfg {
+    /// UMEM frames per worker: as configured, or what `ports` ports' fill and tx rings hold.
+    pub fn umem_frames(&self, ports: usize) -> u32 {
+        self.frames.unwrap_or_else(|| {
+            (ports.max(1) as u64 * 2 * self.ring_size as u64)
+                .next_power_of_two()
+                .clamp(4096, 262_144) as u32
+        })
+    }
 }
 fn default_ring() -> u32 {
-    1024
+    // 2048 rx slots hold ~4 ms of a 500 kpps burst: room for a worker woken late from
+    // poll(2) on a core it shares with softirq work.
+    2048
 }
 
 impl Default for WorkersCfg {
@@ -158,7 +171,7 @@ impl Default for WorkersCfg {
             poll: PollCfg::default(),
             batch: default_batch(),
             idle_spins: default_idle_spins(),
-            frames: default_frames(),
+            frames: None,
             ring_size: default_ring(),
         }
     }
@@ -342,10 +355,12 @@ impl Config {
                 format!("{} is out of range; allowed: 32-1024", w.batch),
             );
         }
-        if !w.frames.is_power_of_two() || !(1024..=262_144).contains(&w.frames) {
+        if let Some(frames) = w.frames
+            && (!frames.is_power_of_two() || !(1024..=262_144).contains(&frames))
+        {
             err(
                 "workers.frames".into(),
-                format!("{} is not allowed; a power of two in 1024-262144", w.frames),
+                format!("{frames} is not allowed; a power of two in 1024-262144"),
             );
         }
         if !w.ring_size.is_power_of_two() || !(64..=16_384).contains(&w.ring_size) {
@@ -364,12 +379,14 @@ impl Config {
             );
         }
         let needed = self.ports.len() as u64 * 2 * w.ring_size as u64;
-        if (w.frames as u64) < needed {
+        if let Some(frames) = w.frames
+            && (frames as u64) < needed
+        {
             err(
                 "workers.frames".into(),
                 format!(
                     "{} frames cannot stock {} ports' fill and tx rings of {}; use at least {}",
-                    w.frames,
+                    frames,
                     self.ports.len(),
                     w.ring_size,
                     needed.next_power_of_two()
@@ -491,6 +508,7 @@ impl Config {
         }
         errs.extend(self.validate_overlay());
         errs.extend(self.validate_services());
+        errs.extend(self.validate_neigh());
         errs
     }
 
