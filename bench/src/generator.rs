@@ -8,6 +8,7 @@
 //! check every flow's order without the generator keeping per-flow state.
 
 use crate::packet::{self, Template, TrafficSpec};
+use crate::xdpgen::Engine;
 use crate::xskio::{Port, monotonic_ns, pin};
 use afgate_dataplane::xsk::XdpDesc;
 use anyhow::{Result, bail};
@@ -27,6 +28,8 @@ pub struct GenConfig {
     pub rate: Option<f64>,
     pub batch: usize,
     pub core: Option<usize>,
+    /// The device's tx queue to send on.
+    pub queue: u32,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -43,13 +46,16 @@ pub struct GenReport {
     pub tx_invalid: u64,
     /// sendto(2) calls per 1000 packets: the cost copy mode puts on the generator.
     pub kicks_per_kpkt: f64,
+    /// Which engine sent (`kicks_per_kpkt` counts its kernel calls for `xdp`).
+    #[serde(default)]
+    pub engine: Engine,
 }
 
 const FRAMES: u32 = 4096;
 
 pub fn run(cfg: &GenConfig, stop: &AtomicBool) -> Result<GenReport> {
     pin(cfg.core);
-    let mut port = Port::open(&cfg.dev, false, FRAMES, 2048)?;
+    let mut port = Port::open_queue(&cfg.dev, cfg.queue, false, FRAMES, 2048)?;
     let Template { bytes, layout } = packet::build(&cfg.spec);
     let len = bytes.len();
     // Every frame gets the template once, up front.
@@ -179,6 +185,7 @@ pub fn run(cfg: &GenConfig, stop: &AtomicBool) -> Result<GenReport> {
         flows,
         tx_invalid: stats.map(|s| s.tx_invalid_descs()).unwrap_or(0),
         kicks_per_kpkt: kicks as f64 * 1000.0 / (completed.max(1) as f64),
+        engine: Engine::Xsk,
     })
 }
 

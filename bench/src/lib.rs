@@ -3,7 +3,8 @@
 //! with the kernel and the XDP ceiling in the same run, and the report writer.
 //!
 //! - [`packet`]: frame templates and the per-packet stamp (flow, sequence, timestamp).
-//! - [`generator`], [`sink`]: the two ends of every measurement (`afgate-bench gen|sink`).
+//! - [`generator`], [`sink`]: the two ends of every measurement (`afgate-bench gen|sink`);
+//!   [`xdpgen`]: the faster in-kernel generator engine (`gen --engine xdp`).
 //! - [`fwd`]: `afgate-xskfwd`, rx→tx with a MAC rewrite and nothing else.
 //! - [`topo`]: the gen — DUT — sink lab; [`scenarios`]: what is measured; [`report`].
 //! - [`micro`]: per-stage ns/packet and (under callgrind) instructions/packet.
@@ -18,4 +19,5 @@ pub mod runner;
 pub mod scenarios;
 pub mod sink;
 pub mod topo;
+pub mod xdpgen;
 pub mod xskio;

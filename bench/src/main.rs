@@ -6,6 +6,7 @@ use afgate_bench::packet::{Proto, TrafficSpec, VxlanSpec};
 use afgate_bench::runner::{self, RunOptions};
 use afgate_bench::scenarios::{READY, REPORT_PREFIX};
 use afgate_bench::sink::{self, SinkConfig};
+use afgate_bench::xdpgen::{self, Engine};
 use afgate_bench::xskio::stop_flag;
 use afgate_tests::Mac;
 use anyhow::Result;
@@ -68,6 +69,14 @@ enum Cmd {
         #[arg(long)]
         busy: bool,
     },
+    /// Hold an XDP_PASS program on DEV (so a veth accepts XDP-transmitted frames from its
+    /// peer) until SIGINT or the deadline.
+    XdpPass {
+        #[arg(long)]
+        dev: String,
+        #[arg(long, default_value_t = 60.0)]
+        duration: f64,
+    },
     /// Hold the XDP devmap redirect IN → OUT (the in-kernel ceiling) until SIGINT or the
     /// deadline.
     XdpRedirect {
@@ -123,6 +132,12 @@ struct GenArgs {
     batch: usize,
     #[arg(long)]
     core: Option<usize>,
+    /// xsk: AF_XDP socket, any traffic; xdp: in-kernel live frames, plain UDP, much faster.
+    #[arg(long, value_enum, default_value_t = Engine::Xsk)]
+    engine: Engine,
+    /// Tx queue of `dev` to send on (a veth delivers to the peer's rx queue of that index).
+    #[arg(long, default_value_t = 0)]
+    queue: u32,
 }
 
 fn parse_vxlan(s: &str) -> Result<VxlanSpec> {
@@ -191,7 +206,11 @@ fn main() -> ExitCode {
                 vxlan: a.vxlan.as_deref().map(parse_vxlan).transpose()?,
             };
             let stop = stop_flag()?;
-            let r = generator::run(
+            let run = match a.engine {
+                Engine::Xsk => generator::run,
+                Engine::Xdp => xdpgen::run,
+            };
+            let r = run(
                 &GenConfig {
                     dev: a.dev,
                     spec,
@@ -200,6 +219,7 @@ fn main() -> ExitCode {
                     rate: a.rate,
                     batch: a.batch,
                     core: a.core,
+                    queue: a.queue,
                 },
                 &stop,
             )?;
@@ -229,6 +249,17 @@ fn main() -> ExitCode {
                 ready,
             )?;
             report(&r)
+        }
+        Cmd::XdpPass { dev, duration } => {
+            let stop = stop_flag()?;
+            let p = afgate_bpf::XdpPass::attach(&dev, afgate_bpf::ModeRequest::Native)?;
+            ready();
+            let end = Instant::now() + Duration::from_secs_f64(duration);
+            while !stop.load(Ordering::Relaxed) && Instant::now() < end {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            p.detach()?;
+            report(&serde_json::json!({ "detached": true }))
         }
         Cmd::XdpRedirect {
             in_dev,

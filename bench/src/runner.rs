@@ -18,7 +18,15 @@ pub struct RunOptions {
     pub flows: u32,
 }
 
-pub const SCENARIOS: &[&str] = &[scenarios::l3fwd::NAME, scenarios::flows::NAME];
+pub const SCENARIOS: &[&str] = &[
+    scenarios::l3fwd::NAME,
+    scenarios::flows::NAME,
+    scenarios::clusterip::NAME,
+    scenarios::newconn::NAME,
+    scenarios::services::NAME,
+    scenarios::vxlan::NAME,
+    scenarios::workers::NAME,
+];
 
 fn cmd_out(argv: &[&str]) -> String {
     std::process::Command::new(argv[0])
@@ -73,6 +81,11 @@ pub fn run(opts: &RunOptions) -> Result<Report> {
         let res = match name {
             "l3fwd" => scenarios::l3fwd::run(&env, &lab, opts.flows, &progress),
             "flows" => scenarios::flows::run(&env, &lab, opts.quick || opts.smoke, &progress),
+            "clusterip" => scenarios::clusterip::run(&env, &lab, opts.flows, &progress),
+            "newconn" => scenarios::newconn::run(&env, &lab, opts.quick || opts.smoke, &progress),
+            "services" => scenarios::services::run(&env, &lab, &progress),
+            "vxlan" => scenarios::vxlan::run(&env, &lab, opts.flows, &progress),
+            "workers" => scenarios::workers::run(&env, opts.flows, &progress),
             _ => unreachable!("checked above"),
         };
         match res {

@@ -44,6 +44,18 @@ impl Port {
     /// `ring`: entries of every ring. The sink wants deep rings: it shares a core with the
     /// generator, and the kernel keeps filling its rx ring while it is not scheduled.
     pub fn open(dev: &str, receive: bool, frames: u32, ring: u32) -> Result<Port> {
+        Self::open_queue(dev, 0, receive, frames, ring)
+    }
+
+    /// [`Port::open`] on rx/tx queue `queue` (multi-queue veths pick the peer's rx queue
+    /// from the sender's tx queue).
+    pub fn open_queue(
+        dev: &str,
+        queue: u32,
+        receive: bool,
+        frames: u32,
+        ring: u32,
+    ) -> Result<Port> {
         let layout = UmemLayout {
             frame_size: 2048,
             frames,
@@ -69,13 +81,13 @@ impl Port {
         let xsk = Xsk::new(
             &umem,
             dev,
-            0,
+            queue,
             RingSizes { rx: ring, tx: ring },
             BindMode::Auto,
         )
         .with_context(|| format!("AF_XDP socket on {dev}"))?;
         if let Some(s) = &steer {
-            s.register_xsk(0, xsk.fd()).context("register socket")?;
+            s.register_xsk(queue, xsk.fd()).context("register socket")?;
         }
         Ok(Port {
             xsk,

@@ -13,13 +13,15 @@
 //! uses alive while any fd or attachment refers to them, so nothing is leaked
 //! per loaded port and no self-referential struct is needed.
 //!
-//! `unsafe` in this crate is confined to `xdp.rs` and `prog.rs` (libbpf FFI)
+//! `unsafe` in this crate is confined to `xdp.rs`, `prog.rs` and
+//! `trafficgen.rs` (libbpf FFI)
 //! and to the generated skeletons.
 
 mod error;
 mod prog;
 pub mod redirect;
 pub mod steer;
+pub mod trafficgen;
 pub mod vlan_shim;
 mod xdp;
 
@@ -27,6 +29,7 @@ pub use error::Error;
 pub use prog::TestRun;
 pub use redirect::{DevmapRedirect, XdpPass};
 pub use steer::{PassRule, PortSteering, SteerConfig, SteerProgram, SteerStat, SteerStats};
+pub use trafficgen::TrafficGen;
 pub use vlan_shim::VlanShim;
 pub use xdp::{ModeRequest, XdpMode, detach_any, ifindex, xdp_attached};
 
@@ -41,5 +44,8 @@ mod skel {
     }
     pub mod vlan_shim {
         include!(concat!(env!("OUT_DIR"), "/vlan_shim.skel.rs"));
+    }
+    pub mod trafficgen {
+        include!(concat!(env!("OUT_DIR"), "/trafficgen.skel.rs"));
     }
 }

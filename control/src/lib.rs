@@ -5,8 +5,11 @@ pub mod capture;
 pub mod client;
 pub mod config;
 pub mod ctl;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod k8s;
 pub mod metrics;
+pub mod neigh_ctl;
 pub mod reload;
 pub mod run;
 pub mod runtime;

@@ -350,7 +350,11 @@ const BOND_POLL: Duration = Duration::from_millis(200);
 
 /// Publishes a snapshot with the bond's live members whenever a member's carrier changed, so
 /// its flows rehash onto the others at the workers' next batch.
-fn poll_bond_carrier(rt: &Runtime, members: &[(afgate_dataplane::tables::PortId, String)], carrier: &mut [bool]) {
+fn poll_bond_carrier(
+    rt: &Runtime,
+    members: &[(afgate_dataplane::tables::PortId, String)],
+    carrier: &mut [bool],
+) {
     let mut next: Option<afgate_dataplane::tables::Tables> = None;
     for ((id, dev), was) in members.iter().zip(carrier.iter_mut()) {
         let up = sys::device_carrier(dev);
@@ -358,7 +362,10 @@ fn poll_bond_carrier(rt: &Runtime, members: &[(afgate_dataplane::tables::PortId,
             continue;
         }
         *was = up;
-        println!("afgate: bond member {dev} {}", if up { "up" } else { "down" });
+        println!(
+            "afgate: bond member {dev} {}",
+            if up { "up" } else { "down" }
+        );
         let t = next.get_or_insert_with(|| (**rt.tables.load()).clone());
         t.bonds.set_member_up(*id, up);
     }

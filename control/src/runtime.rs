@@ -5,8 +5,9 @@
 use afgate_bpf::{ModeRequest, PortSteering, SteerConfig, XdpMode};
 use afgate_dataplane::counters::WorkerCounters;
 use afgate_dataplane::observe::{CaptureCtl, WorkerObs};
+use afgate_dataplane::tables::PortId;
 use afgate_dataplane::tables::{Shared, Tables};
-use afgate_dataplane::worker::{Worker, WorkerConfig};
+use afgate_dataplane::worker::{InjectError, Injector, Worker, WorkerConfig};
 use afgate_dataplane::xsk::socket::RingSizes;
 use afgate_dataplane::xsk::{BindMode, Umem, UmemLayout, Xsk};
 use arc_swap::ArcSwap;
@@ -80,6 +81,8 @@ pub struct Runtime {
     pub capture: Arc<CaptureCtl>,
     pub attached: Vec<Attached>,
     pub epoch: Instant,
+    /// Per worker: its queue of frames to send (`crate::neigh_ctl`).
+    pub injectors: Vec<Injector>,
 }
 
 impl Runtime {
@@ -119,6 +122,7 @@ impl Runtime {
         let mut counters = Vec::new();
         let capture = Arc::new(CaptureCtl::default());
         let mut obs = Vec::new();
+        let mut injectors = Vec::new();
         for (w, wcfg) in cfg.workers.iter().enumerate() {
             let xerr = |source| RuntimeError::Xsk { worker: w, source };
             let (umem, pool) = Umem::new(cfg.layout).map_err(xerr)?;
@@ -157,6 +161,7 @@ impl Runtime {
                 })?;
             }
             counters.push(c);
+            injectors.push(worker.injector());
             workers.push(worker);
         }
         let threads = workers
@@ -180,12 +185,18 @@ impl Runtime {
             capture,
             attached,
             epoch,
+            injectors,
         })
     }
 
     /// Publishes a new snapshot; workers pick it up at their next batch.
     pub fn publish(&self, tables: Tables) {
         self.tables.store(Arc::new(tables));
+    }
+
+    /// Queues `frame` for transmission on `port` (logical ports allowed) by worker 0.
+    pub fn inject(&self, port: PortId, frame: &[u8]) -> Result<(), InjectError> {
+        self.injectors[0].inject(port, frame)
     }
 
     /// Seconds on the dataplane clock (what neighbour and conntrack timestamps use).

@@ -25,6 +25,9 @@ pub struct Stats {
     pub busy_ratio: Vec<f64>,
     /// Per worker: frames received over all its queues.
     pub worker_rx_packets: Vec<u64>,
+    /// Per worker: frames in its free stack after its last pass. Idle, this is the same
+    /// number before and after traffic unless frames leaked.
+    pub worker_free_frames: Vec<u64>,
     /// The conntrack table's counters (filled by `afgate run` from the shared table).
     pub conntrack: ConntrackStats,
 }
@@ -81,7 +84,14 @@ pub fn collect(workers: &[Arc<WorkerCounters>], tables: &Tables) -> Stats {
             s.events.insert(e.name(), n);
         }
     }
-    s.worker_rx_packets = workers.iter().map(|w| w.ports.iter().map(|p| p.rx_packets.get()).sum()).collect();
+    s.worker_rx_packets = workers
+        .iter()
+        .map(|w| w.ports.iter().map(|p| p.rx_packets.get()).sum())
+        .collect();
+    s.worker_free_frames = workers
+        .iter()
+        .map(|w| w.free_frames.load(std::sync::atomic::Ordering::Relaxed))
+        .collect();
     s.busy_ratio = workers
         .iter()
         .map(|w| {

@@ -109,6 +109,8 @@ named_enum! {
         ConntrackFull = "conntrack_full",
         /// No free SNAT source port (or the un-SNATed reply tuple is already tracked).
         NatNoPort = "nat_no_port",
+        /// A frame the control thread queued for injection found no free UMEM frame.
+        InjectNoFrame = "inject_no_frame",
     }
 }
 
@@ -168,6 +170,10 @@ pub struct WorkerCounters {
     pub polls: Counter,
     /// Times the worker slept in poll(2) waiting for frames.
     pub sleeps: Counter,
+    /// Frames in the worker's free stack after its last pass (a gauge, not a counter): when
+    /// the worker is idle every other frame sits in a fill ring, so this returns to the same
+    /// value after any traffic unless frames leaked (docs/reliability.md).
+    pub free_frames: AtomicU64,
 }
 
 impl WorkerCounters {
@@ -179,6 +185,7 @@ impl WorkerCounters {
             busy_polls: Counter::default(),
             polls: Counter::default(),
             sleeps: Counter::default(),
+            free_frames: AtomicU64::new(0),
         }
     }
 

@@ -25,3 +25,7 @@ pub mod xsk;
 #[cfg(test)]
 #[allow(unsafe_code)]
 mod no_alloc;
+
+#[cfg(any(test, feature = "testing"))]
+#[doc(hidden)]
+pub mod fuzz;

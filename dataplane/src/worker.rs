@@ -2,13 +2,14 @@
 //! port, takes batches off each rx ring, runs every frame through the pipeline, and hands
 //! the descriptor to the egress port's tx ring — the frame itself never moves.
 
-use crate::counters::{DropReason, WorkerCounters};
+use crate::counters::{DropReason, Event, WorkerCounters};
 use crate::frame::Frame;
 use crate::observe::{CaptureSession, Direction, WorkerObs};
 use crate::pipeline::{self, Action, Ctx, RxMeta};
 use crate::tables::{PortId, Shared, Tables};
 use crate::xsk::{FramePool, Umem, XdpDesc, Xsk};
 use arc_swap::ArcSwap;
+use crossbeam::queue::ArrayQueue;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
@@ -64,6 +65,76 @@ impl Default for WorkerConfig {
 /// The longest a sleeping worker waits before looking at its stop flag again.
 const MAX_SLEEP_MS: i32 = 50;
 
+/// Largest frame the control thread can inject (ARP is 60 bytes; room for a small ICMP or
+/// an announcement with a tag pushed later by egress).
+pub const INJECT_FRAME_LEN: usize = 128;
+/// Frames waiting per worker: a gratuitous ARP per address per port and a refresh per
+/// neighbour in use fit, and a control thread that outruns the worker gets `Full` instead
+/// of memory growth.
+pub const INJECT_CAPACITY: usize = 256;
+/// Injected frames taken per pass, so a full queue cannot delay the rx rings by more than
+/// about one batch.
+const INJECT_PER_PASS: usize = 64;
+
+/// A frame the control thread wants sent from this worker: copied into a UMEM frame and
+/// put through [`pipeline::egress::output`] (VLAN tag, bond member) on `port`.
+#[derive(Clone, Copy)]
+struct InjectFrame {
+    port: PortId,
+    len: u16,
+    bytes: [u8; INJECT_FRAME_LEN],
+}
+
+/// Why [`Injector::inject`] refused a frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum InjectError {
+    #[error("frame of {0} bytes; at most {INJECT_FRAME_LEN} (and at least 14) can be injected")]
+    BadLength(usize),
+    #[error("the worker's injection queue is full")]
+    Full,
+}
+
+/// The control side's handle on one worker's injection queue: a bounded lock-free queue,
+/// preallocated, that the worker drains once per pass. Cloneable; any thread may inject.
+#[derive(Clone)]
+pub struct Injector {
+    queue: Arc<ArrayQueue<InjectFrame>>,
+}
+
+impl core::fmt::Debug for Injector {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Injector")
+            .field("queued", &self.queue.len())
+            .finish()
+    }
+}
+
+impl Injector {
+    /// Queues `bytes` (a whole Ethernet frame) for transmission on `port`, which may be a
+    /// logical interface: the worker applies egress (VLAN push, bond member) itself.
+    pub fn inject(&self, port: PortId, bytes: &[u8]) -> Result<(), InjectError> {
+        if bytes.len() > INJECT_FRAME_LEN || bytes.len() < crate::wire::ethernet::HEADER_LEN {
+            return Err(InjectError::BadLength(bytes.len()));
+        }
+        let mut f = InjectFrame {
+            port,
+            len: bytes.len() as u16,
+            bytes: [0; INJECT_FRAME_LEN],
+        };
+        f.bytes[..bytes.len()].copy_from_slice(bytes);
+        self.queue.push(f).map_err(|_| InjectError::Full)
+    }
+
+    /// Frames queued and not yet taken by the worker.
+    pub fn queued(&self) -> usize {
+        self.queue.len()
+    }
+}
+
+/// Where injected frames start in their UMEM chunk: the same headroom the kernel leaves in
+/// front of received frames, so egress can push a VLAN tag in place.
+const INJECT_HEADROOM: usize = 256;
+
 /// The worker's side of one port: its socket and the frames staged for its tx ring.
 struct PortIo {
     xsk: Xsk,
@@ -87,6 +158,8 @@ pub struct Worker {
     config: WorkerConfig,
     /// Scheduler state only this worker touches (`service::WorkerLocal`).
     local: crate::service::WorkerLocal,
+    /// Frames from the control thread ([`Injector`]).
+    inject: Arc<ArrayQueue<InjectFrame>>,
 }
 
 impl core::fmt::Debug for Worker {
@@ -136,6 +209,7 @@ impl Worker {
             epoch,
             config: WorkerConfig { batch, ..config },
             local: crate::service::WorkerLocal::new(config.index),
+            inject: Arc::new(ArrayQueue::new(INJECT_CAPACITY)),
         };
         for p in 0..w.ports.len() {
             w.refill(p);
@@ -148,6 +222,13 @@ impl Worker {
     pub fn with_observer(mut self, obs: Arc<WorkerObs>) -> Self {
         self.obs = obs;
         self
+    }
+
+    /// A handle for queueing frames this worker sends (gratuitous ARP, neighbour refresh).
+    pub fn injector(&self) -> Injector {
+        Injector {
+            queue: self.inject.clone(),
+        }
     }
 
     /// Runs until the stop flag is set. Pins the calling thread first.
@@ -209,12 +290,27 @@ impl Worker {
         if received > 0 {
             self.obs.note_generation(tables.generation, ctx.now_ns);
         }
+        if !self.inject.is_empty() {
+            received += Self::drain_injected(
+                &self.inject,
+                &mut self.ports,
+                &self.umem,
+                &mut self.pool,
+                &ctx,
+                capture.as_deref(),
+                self.config.index as u16,
+            );
+        }
         let mut moved = received;
         for p in 0..self.ports.len() {
             self.flush(p);
             moved += self.reap(p);
             self.refill(p);
         }
+        // Once per pass, for the leak check (`free_frames`).
+        self.counters
+            .free_frames
+            .store(self.pool.len() as u64, Ordering::Relaxed);
         moved
     }
 
@@ -295,6 +391,75 @@ impl Worker {
         let ns = started.elapsed().as_nanos() as u64;
         obs.latency.record_n(ns / n as u64, n as u64);
         n
+    }
+
+    /// Copies up to [`INJECT_PER_PASS`] queued frames into free UMEM frames and stages them
+    /// on their ports' tx rings. Returns how many were taken off the queue.
+    #[allow(unsafe_code)]
+    fn drain_injected(
+        queue: &ArrayQueue<InjectFrame>,
+        ports: &mut [Option<PortIo>],
+        umem: &Umem,
+        pool: &mut FramePool,
+        ctx: &Ctx,
+        capture: Option<&CaptureSession>,
+        worker: u16,
+    ) -> usize {
+        let mut taken = 0;
+        while taken < INJECT_PER_PASS {
+            let Some(f) = queue.pop() else {
+                break;
+            };
+            taken += 1;
+            let Some(addr) = pool.alloc() else {
+                ctx.counters.dropped(DropReason::InjectNoFrame);
+                continue;
+            };
+            let chunk_base = umem.chunk_of(addr);
+            // SAFETY: the address just came out of this worker's free pool, so the worker
+            // owns the frame and nothing else references it until it goes on a tx ring.
+            let Some(chunk) = (unsafe { umem.chunk_mut(addr) }) else {
+                ctx.counters.dropped(DropReason::Malformed);
+                continue;
+            };
+            let len = f.len as usize;
+            chunk[INJECT_HEADROOM..INJECT_HEADROOM + len].copy_from_slice(&f.bytes[..len]);
+            let mut frame = Frame::new(chunk, INJECT_HEADROOM, len);
+            let out = match pipeline::egress::output(&mut frame, f.port, ctx) {
+                Action::Tx(out) => out,
+                Action::Drop(reason) => {
+                    ctx.counters.dropped(reason);
+                    pool.free(addr);
+                    continue;
+                }
+            };
+            if let Some(c) = capture
+                && out.index() < 64
+                && c.tx_ports & (1 << out.index()) != 0
+            {
+                c.offer(frame.data(), out.0, Direction::Out, worker, ctx.now_ns);
+            }
+            let desc = XdpDesc {
+                addr: chunk_base + frame.start() as u64,
+                len: frame.len() as u32,
+                options: 0,
+            };
+            match ports.get_mut(out.index()).and_then(|o| o.as_mut()) {
+                Some(o) if o.stage.len() < o.stage.capacity() => {
+                    o.stage.push(desc);
+                    ctx.counters.event(Event::FramesInjected);
+                }
+                Some(_) => {
+                    ctx.counters.dropped(DropReason::TxRingFull);
+                    pool.free(addr);
+                }
+                None => {
+                    ctx.counters.dropped(DropReason::PortDown);
+                    pool.free(addr);
+                }
+            }
+        }
+        taken
     }
 
     fn flush(&mut self, p: usize) {
@@ -382,5 +547,32 @@ impl Worker {
     /// The descriptor of this worker's socket on port `p`, for XSKMAP registration.
     pub fn socket_fd(&self, p: usize) -> Option<std::os::fd::RawFd> {
         self.ports.get(p)?.as_ref().map(|io| io.xsk.fd())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn injector_bounds_length_and_queue() {
+        let inj = Injector {
+            queue: Arc::new(ArrayQueue::new(2)),
+        };
+        assert_eq!(
+            inj.inject(PortId(0), &[0; INJECT_FRAME_LEN + 1]),
+            Err(InjectError::BadLength(INJECT_FRAME_LEN + 1))
+        );
+        assert_eq!(
+            inj.inject(PortId(0), &[0; 10]),
+            Err(InjectError::BadLength(10))
+        );
+        assert_eq!(inj.inject(PortId(1), &[7; 60]), Ok(()));
+        assert_eq!(inj.inject(PortId(2), &[8; INJECT_FRAME_LEN]), Ok(()));
+        assert_eq!(inj.inject(PortId(3), &[9; 60]), Err(InjectError::Full));
+        assert_eq!(inj.queued(), 2);
+        let f = inj.queue.pop().unwrap();
+        assert_eq!((f.port, f.len), (PortId(1), 60));
+        assert!(f.bytes[..60].iter().all(|&b| b == 7));
     }
 }

@@ -226,10 +226,7 @@ impl OverlayLab {
     /// afgate's configuration for the node.
     pub fn config_yaml(&self, vxlan_port: u16) -> String {
         let mut y = String::new();
-        let _ = writeln!(
-            y,
-            "workers:\n  cores: [0]\n  poll: adaptive"
-        );
+        let _ = writeln!(y, "workers:\n  cores: [0]\n  poll: adaptive");
         // Each lab's own control socket, so labs running in parallel do not collide.
         let _ = writeln!(
             y,

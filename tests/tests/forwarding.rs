@@ -233,11 +233,19 @@ fn resolves_neighbours_by_arp_without_static_entries() -> Result<()> {
     let lab = afgate_tests::lab::Lab::node_lab()?;
     let yaml = lab.lab.tmp().join("no-neigh.yaml");
     let text = lab.afgate_config_yaml();
-    let text = text.split("neighbors:").next().context("config has a neighbors section")?;
+    let text = text
+        .split("neighbors:")
+        .next()
+        .context("config has a neighbors section")?;
     std::fs::write(&yaml, text)?;
     let mut afgate = Afgate::start(&lab.node, &yaml)?;
     // The first packet to an unknown neighbour becomes an ARP request; ping's next ones pass.
-    let p = ping(&lab.pod.ns, &lab.addrs.ext_ip.to_string(), 6, Duration::from_secs(2))?;
+    let p = ping(
+        &lab.pod.ns,
+        &lab.addrs.ext_ip.to_string(),
+        6,
+        Duration::from_secs(2),
+    )?;
     assert!(p.received >= 4, "{p:?}\n{}", afgate.log());
     let c = peer::tcp_client(&lab.pod2.ns, &format!("{}:9", lab.addrs.ext_ip), 0, 3);
     drop(c); // no server: only the ARP for pod2 matters, learned from its gateway query
@@ -252,18 +260,39 @@ fn resolves_neighbours_by_arp_without_static_entries() -> Result<()> {
 fn two_workers_each_serve_a_queue_of_every_port() -> Result<()> {
     let lab = afgate_tests::lab::Lab::node_lab_with(|b| b.queues(2))?;
     let yaml = lab.lab.tmp().join("two-workers.yaml");
-    std::fs::write(&yaml, lab.afgate_config_yaml().replace("cores: [0]", "cores: [0, 1]"))?;
+    std::fs::write(
+        &yaml,
+        lab.afgate_config_yaml()
+            .replace("cores: [0]", "cores: [0, 1]"),
+    )?;
     let mut afgate = Afgate::start(&lab.node, &yaml)?;
-    assert!(afgate.log().contains("0→worker 0, 1→worker 1"), "{}", afgate.log());
-    let server = peer::tcp_server(&lab.ext.ns, &format!("{}:8080", lab.addrs.ext_ip), "ext", 30)?;
+    assert!(
+        afgate.log().contains("0→worker 0, 1→worker 1"),
+        "{}",
+        afgate.log()
+    );
+    let server = peer::tcp_server(
+        &lab.ext.ns,
+        &format!("{}:8080", lab.addrs.ext_ip),
+        "ext",
+        30,
+    )?;
     // Distinct source ports hash to both tx queues of the pod's veth, so both workers see traffic.
     let r = peer::tcp_conns(&lab.pod.ns, &format!("{}:8080", lab.addrs.ext_ip), 24, 20)?;
     assert_eq!(r.failed, 0, "{r:?}");
     drop(server);
     afgate.stop()?;
     let s = final_stats(&afgate.log())?;
-    let per_worker: Vec<u64> = s["worker_rx_packets"].as_array().context("workers")?.iter().map(|v| v.as_u64().unwrap_or(0)).collect();
+    let per_worker: Vec<u64> = s["worker_rx_packets"]
+        .as_array()
+        .context("workers")?
+        .iter()
+        .map(|v| v.as_u64().unwrap_or(0))
+        .collect();
     assert_eq!(per_worker.len(), 2, "{s}");
-    assert!(per_worker.iter().all(|&n| n > 0), "both workers forwarded: {per_worker:?}");
+    assert!(
+        per_worker.iter().all(|&n| n > 0),
+        "both workers forwarded: {per_worker:?}"
+    );
     Ok(())
 }

@@ -9,7 +9,7 @@
 //! reports p50/p99/max per N and, as the reference measured in the same run, the ratio to
 //! N = 1: the cost that grows with the table size. Goal: p99 < 1 ms at the largest N.
 //!
-//! `cargo run --release -p afgate-bench --bin programming_latency -- [--sizes 1,1000,10000,16384] [--ops 2000]`
+//! `cargo run --release -p afgate-bench --bin programming_latency -- [--sizes 1,1000,10000,100000] [--ops 2000]`
 
 use afgate::api::svc::{BackendReq, Proto};
 use afgate::api::{Control, Request};

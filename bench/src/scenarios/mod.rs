@@ -7,13 +7,19 @@
 //! the sink drain, read both JSON reports. Every process is bounded by its own `--duration`
 //! and `--count`, and by the [`Proc`] guard that kills it on drop.
 
+pub mod clusterip;
 pub mod flows;
 pub mod l3fwd;
+pub mod newconn;
+pub mod services;
+pub mod vxlan;
+pub mod workers;
 
 use crate::generator::GenReport;
 use crate::packet::Proto;
 use crate::sink::{Latency, SinkReport};
 use crate::topo::{self, BenchLab};
+use crate::xdpgen::Engine;
 use afgate_tests::{Afgate, Netns, Proc};
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
@@ -74,6 +80,8 @@ pub struct Env {
     pub dut_core: usize,
     /// Packets per trial never exceed this times the trial's seconds.
     pub max_pps: f64,
+    /// The generator engine for traffic it supports (the others always use `xsk`).
+    pub engine: Engine,
 }
 
 impl Env {
@@ -114,6 +122,7 @@ impl Env {
             load_core: core("AFGATE_BENCH_LOAD_CORE", if ncpu > 1 { 1 } else { 0 }),
             dut_core: core("AFGATE_BENCH_DUT_CORE", 0),
             max_pps: 30e6,
+            engine: crate::xdpgen::pick_engine(),
         })
     }
 }
@@ -124,6 +133,10 @@ pub struct Traffic {
     pub proto: Proto,
     pub flows: u32,
     pub size: usize,
+    /// `afgate-bench gen` options that replace the trial's defaults (`dst-ip`, `dst-mac`,
+    /// `dport`, `src-ip`) or add to them (`vxlan`), without the leading dashes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gen_args: Vec<(String, String)>,
 }
 
 impl Traffic {
@@ -132,6 +145,7 @@ impl Traffic {
             proto: Proto::Udp,
             flows,
             size: 64,
+            gen_args: Vec::new(),
         }
     }
 }
@@ -226,6 +240,20 @@ pub fn start(env: &Env, lab: &BenchLab, dut: Dut, secs: f64) -> Result<Running> 
     match dut {
         Dut::Wire => {}
         Dut::Kernel => {
+            if env.engine == Engine::Xdp {
+                // The xdp engine transmits with veth's ndo_xdp_xmit, which delivers only
+                // into a peer with an XDP program: XDP_PASS on d0, then the usual stack.
+                let bin = env.bench_bin.to_string_lossy().into_owned();
+                let argv = [
+                    bin.as_str(),
+                    "xdp-pass",
+                    "--dev",
+                    "d0",
+                    "--duration",
+                    &secs_s,
+                ];
+                r.proc = Some(spawn_ready(&lab.dut, &argv)?);
+            }
             lab.ip_forward(true)?;
             lab.rps(&lab.dut, "d0", &format!("{:x}", 1u64 << env.dut_core))?;
             r.lab_forward = true;
@@ -403,9 +431,34 @@ pub fn trial(
         "--core",
         &load,
     ];
+    // Rate-limited trials stay on xsk: each live-frames call costs 15–50 ms of kernel setup
+    // on this kernel, so the xdp engine can only pace in coarse bursts.
+    if rate.is_none()
+        && env.engine.supports(
+            traffic.proto,
+            false,
+            traffic
+                .gen_args
+                .iter()
+                .any(|(k, _)| k == "vxlan" || k == "vlan"),
+        )
+    {
+        gen_argv.extend(["--engine", env.engine.name()]);
+    }
     let rate_s = rate.map(|r| format!("{r:.0}"));
     if let Some(r) = &rate_s {
         gen_argv.extend(["--rate", r.as_str()]);
+    }
+    let extra: Vec<String> = traffic
+        .gen_args
+        .iter()
+        .flat_map(|(k, v)| [format!("--{k}"), v.clone()])
+        .collect();
+    for pair in extra.chunks(2) {
+        match gen_argv.iter().position(|a| *a == pair[0]) {
+            Some(i) => gen_argv[i + 1] = pair[1].as_str(),
+            None => gen_argv.extend([pair[0].as_str(), pair[1].as_str()]),
+        }
     }
     let gen_proc = lab.generator.spawn(&gen_argv)?;
     let label = gen_proc.label().to_string();

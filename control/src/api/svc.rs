@@ -2,7 +2,9 @@
 //!
 //! A service is named the way `ipvsadm` names a virtual server: protocol, address, port
 //! (`tcp 10.96.10.1:80`). A change to one backend rebuilds only that service's scheduler
-//! tables (`ServiceTable::upsert`) in a clone of the current snapshot and publishes it.
+//! tables (`ServiceTable::upsert`) in a clone of the current snapshot and publishes it; the
+//! clone shares all but the index shards the change writes, so a change costs the same
+//! whatever the number of services.
 
 use super::{Control, State};
 use crate::k8s;
@@ -327,7 +329,15 @@ pub fn service_list(ctl: &Control) -> Value {
     let t = ctl.tables.load();
     let c = conns(ctl);
     let mut list: Vec<&Service> = t.services.iter().collect();
-    list.sort_by_key(|s| (s.spec.cluster_ip.map(u32::from), s.spec.port, s.spec.proto));
+    // The table iterates in hash order; the listing is sorted, ids breaking ties.
+    list.sort_by_key(|s| {
+        (
+            s.spec.cluster_ip.map(u32::from),
+            s.spec.port,
+            s.spec.proto,
+            s.spec.id,
+        )
+    });
     Value::Array(
         list.iter()
             .map(|s| {
@@ -437,6 +447,10 @@ pub fn conntrack_flush(ctl: &Control) -> Value {
 
 /// Applies Kubernetes manifests: parse, merge into the cached objects, rebuild the touched
 /// services in one snapshot, publish once.
+///
+/// Work is proportional to the manifests, not to what is already programmed: the cache is
+/// merged in place with an undo list of the keys it overwrote (restored if a service is
+/// refused), and the programmed-spec map changes only after publication.
 pub fn k8s_apply(
     ctl: &Control,
     manifests: &str,
@@ -447,25 +461,41 @@ pub fn k8s_apply(
     let mut notes = Vec::new();
     let objs = k8s::parse(manifests, &mut notes)?;
     let mut st = ctl.lock();
-    let mut cache = st.k8s.clone();
     let before: HashMap<String, Vec<u32>> = objs
         .iter()
         .filter_map(|o| match o {
             k8s::Object::Service(s) => Some(format!("{}/{}", s.namespace, s.name)),
             _ => None,
         })
-        .map(|k| (k.clone(), cache.ids(&k)))
+        .map(|k| (k.clone(), st.k8s.ids(&k)))
         .collect();
-    let touched = cache.merge(objs);
+    let mut undo_services: HashMap<String, Option<k8s::K8sService>> = HashMap::new();
+    let mut undo_slices: HashMap<String, Option<k8s::K8sSlice>> = HashMap::new();
+    for o in &objs {
+        match o {
+            k8s::Object::Service(s) => {
+                let k = format!("{}/{}", s.namespace, s.name);
+                let old = st.k8s.services.get(&k).cloned();
+                undo_services.entry(k).or_insert(old);
+            }
+            k8s::Object::Slice(sl) => {
+                let k = format!("{}/{}", sl.namespace, sl.name);
+                let old = st.k8s.slices.get(&k).cloned();
+                undo_slices.entry(k).or_insert(old);
+            }
+        }
+    }
+    let touched = st.k8s.merge(objs);
     let mut next = (**ctl.tables.load()).clone();
-    let mut programmed = st.k8s_programmed.clone();
+    let mut changes: Vec<(u32, Option<ServiceSpec>)> = Vec::new();
     let (mut upserted, mut removed) = (0, 0);
-    for key in &touched {
-        let specs = cache.specs(key, node, scheduler.into());
+    let mut failed = None;
+    'keys: for key in &touched {
+        let specs = st.k8s.specs(key, node, scheduler.into());
         let keep: Vec<u32> = specs.iter().map(|s| s.id).collect();
         for id in before.get(key).into_iter().flatten() {
             if !keep.contains(id) {
-                programmed.remove(id);
+                changes.push((*id, None));
                 if next.services.remove(*id).is_some() {
                     removed += 1;
                 }
@@ -473,16 +503,36 @@ pub fn k8s_apply(
         }
         for spec in specs {
             let name = spec.name.clone();
-            programmed.insert(spec.id, spec.clone());
-            next.services
-                .upsert(spec)
-                .map_err(|e| format!("{name}: {e}; nothing was applied"))?;
+            changes.push((spec.id, Some(spec.clone())));
+            if let Err(e) = next.services.upsert(spec) {
+                failed = Some(format!("{name}: {e}; nothing was applied"));
+                break 'keys;
+            }
             upserted += 1;
         }
     }
+    if let Some(e) = failed {
+        for (k, old) in undo_services {
+            match old {
+                Some(v) => st.k8s.services.insert(k, v),
+                None => st.k8s.services.remove(&k),
+            };
+        }
+        for (k, old) in undo_slices {
+            match old {
+                Some(v) => st.k8s.slices.insert(k, v),
+                None => st.k8s.slices.remove(&k),
+            };
+        }
+        return Err(e);
+    }
     let g = ctl.publish(&mut st, next, t0);
-    st.k8s = cache;
-    st.k8s_programmed = programmed;
+    for (id, spec) in changes {
+        match spec {
+            Some(spec) => st.k8s_programmed.insert(id, spec),
+            None => st.k8s_programmed.remove(&id),
+        };
+    }
     Ok(json!({
         "generation": g,
         "services_programmed": upserted,

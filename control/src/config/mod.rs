@@ -8,6 +8,7 @@
 //! allowed.
 
 pub mod locate;
+pub mod neigh;
 mod overlay;
 pub mod services;
 mod types;

@@ -21,8 +21,8 @@ pub mod egress;
 pub mod flow;
 pub mod icmp;
 pub mod local;
-pub mod neigh;
 pub mod nat;
+pub mod neigh;
 pub mod route;
 pub mod service;
 pub mod vlan;
@@ -116,5 +116,8 @@ pub fn process(frame: &mut Frame, meta: &RxMeta, ctx: &Ctx) -> Action {
     }
 }
 
-#[cfg(test)]
-pub(crate) mod testing;
+// Public behind the `testing` feature (never in the binary's build) so that the property tests
+// in tests/ and the fuzz targets in fuzz/ drive the same lab node as the unit tests.
+#[cfg(any(test, feature = "testing"))]
+#[doc(hidden)]
+pub mod testing;

@@ -5,10 +5,12 @@
 //! ([`crate::tables::neigh::ArpLimiter`], whose doc says why this is preferred to a queue of
 //! frames waiting for resolution); frames to an unresolved neighbour in between are dropped
 //! as `neigh_rate_limited`. Entries are learned by `pipeline::arp` from every ARP frame;
-//! aging (re-ARP after [`crate::tables::neigh::REFRESH_AFTER_S`], removal after
-//! [`crate::tables::neigh::EXPIRE_AFTER_S`]) and gratuitous ARP at start are the control
-//! thread's, through the workers' injection queues (`worker::Injector`), with frames built
-//! by [`arp_frame`].
+//! aging (a unicast re-ARP for entries in use older than `refresh_s`, removal after
+//! `expire_s`; defaults [`crate::tables::neigh::REFRESH_AFTER_S`] and
+//! [`crate::tables::neigh::EXPIRE_AFTER_S`]) and gratuitous ARP are the control thread's
+//! (`control::neigh_ctl`), through the workers' injection queues (`worker::Injector`), with
+//! frames built by [`arp_frame`]. This stage only marks entries in use
+//! ([`crate::tables::NeighCache::touch`]).
 
 use super::{Action, Ctx};
 use crate::counters::{DropReason, Event};
@@ -31,6 +33,10 @@ pub fn resolve(
 ) -> Action {
     if let Some(n) = ctx.shared.neigh.lookup(neighbour) {
         crate::trace_step!(ctx, "neigh", "{neighbour} is {}", EthernetAddress(n.mac));
+        // In-use marks for aging: one shared write per neighbour per second, not per frame.
+        if !n.permanent && n.used != ctx.now_s.max(1) && ctx.may_mutate() {
+            ctx.shared.neigh.touch(neighbour, ctx.now_s);
+        }
         let mut eth = EthernetFrame::new_unchecked(frame.data_mut());
         eth.set_dst_addr(EthernetAddress(n.mac));
         eth.set_src_addr(EthernetAddress(out.mac));
@@ -118,6 +124,19 @@ mod tests {
             Action::Tx(POD41)
         );
         assert_eq!(lab.event(Event::ArpRequestSent), 2);
+    }
+
+    #[test]
+    fn forwarding_marks_learned_neighbours_in_use() {
+        let lab = Lab::new();
+        lab.shared.neigh.learn(POD41_IP, POD41_MAC, POD41, 0);
+        let f = || udp_frame(GW_MAC, lab.mac(BIZ), EXT_IP, POD41_IP, 30, 53, 1000, b"x");
+        assert_eq!(lab.shared.neigh.lookup(POD41_IP).unwrap().used, 0);
+        assert_eq!(
+            lab.run_at(BIZ, f(), 7_000_000_000).action,
+            Action::Tx(POD41)
+        );
+        assert_eq!(lab.shared.neigh.lookup(POD41_IP).unwrap().used, 7);
     }
 
     #[test]

@@ -35,6 +35,12 @@ pub struct Out {
     pub frame: Vec<u8>,
 }
 
+impl Default for Lab {
+    fn default() -> Self {
+        Lab::new()
+    }
+}
+
 impl Lab {
     pub fn new() -> Self {
         let port = |id: PortId, name: &str, role, last: u8, addrs: Vec<(Ipv4Addr, u8)>, mtu| Port {
@@ -239,7 +245,13 @@ impl Lab {
         };
         ports.push(Port {
             role: PortRole::Ctl,
-            ..port(CTL, "ctl", [0x02, 0xaf, 0, 0, 0, 0x10], vec![(CTL_IP, 24)], 1500)
+            ..port(
+                CTL,
+                "ctl",
+                [0x02, 0xaf, 0, 0, 0, 0x10],
+                vec![(CTL_IP, 24)],
+                1500,
+            )
         });
         ports.push(Port {
             vlan: VlanMode::Trunk {
@@ -259,7 +271,13 @@ impl Lab {
                 parent: TRUNK,
                 vid: 1155,
             },
-            ..port(TRUNK_1155, "trunk.1155", [0x02, 0xaf, 0, 0, 0, 0x11], vec![(UPOD_GW, 27)], 1500)
+            ..port(
+                TRUNK_1155,
+                "trunk.1155",
+                [0x02, 0xaf, 0, 0, 0, 0x11],
+                vec![(UPOD_GW, 27)],
+                1500,
+            )
         });
         ports.push(Port {
             kind: PortKind::Vxlan { index: 0 },
@@ -275,11 +293,22 @@ impl Lab {
         t.local.insert(CTL_IP, CTL);
         t.local.insert(UPOD_GW, TRUNK_1155);
         t.local.insert(BOND_IP, BOND);
-        t.fib.insert(Ipv4Addr::new(10, 186, 152, 0), 24, nh(CTL, None));
-        t.fib.insert(Ipv4Addr::new(10, 186, 155, 0), 27, nh(TRUNK_1155, None));
-        t.fib.insert(Ipv4Addr::new(10, 20, 4, 0), 25, nh(VXLAN, Some(REMOTE_VTEP)));
-        t.fib.insert(Ipv4Addr::new(10, 186, 160, 0), 24, nh(BOND, None));
-        t.fib.insert(Ipv4Addr::new(10, 186, 170, 0), 24, nh(BOND, Some(BOND_GW_IP)));
+        t.fib
+            .insert(Ipv4Addr::new(10, 186, 152, 0), 24, nh(CTL, None));
+        t.fib
+            .insert(Ipv4Addr::new(10, 186, 155, 0), 27, nh(TRUNK_1155, None));
+        t.fib.insert(
+            Ipv4Addr::new(10, 20, 4, 0),
+            25,
+            nh(VXLAN, Some(REMOTE_VTEP)),
+        );
+        t.fib
+            .insert(Ipv4Addr::new(10, 186, 160, 0), 24, nh(BOND, None));
+        t.fib.insert(
+            Ipv4Addr::new(10, 186, 170, 0),
+            24,
+            nh(BOND, Some(BOND_GW_IP)),
+        );
         t.vxlan = Vxlan::new(
             4789,
             vec![Overlay {
@@ -303,7 +332,9 @@ impl Lab {
                 hash: BondHash::Layer34,
             }],
         };
-        lab.shared.neigh.set_static(REMOTE_CTL_IP, REMOTE_CTL_MAC, CTL);
+        lab.shared
+            .neigh
+            .set_static(REMOTE_CTL_IP, REMOTE_CTL_MAC, CTL);
         lab.shared.neigh.set_static(BOND_GW_IP, BOND_GW_MAC, BOND);
         lab.counters = WorkerCounters::new(10);
         lab
@@ -312,7 +343,9 @@ impl Lab {
 
 /// A broadcast ARP request from `src_mac`/`spa` for `tpa`.
 pub fn arp_request_frame(src_mac: [u8; 6], spa: Ipv4Addr, tpa: Ipv4Addr) -> Vec<u8> {
-    use crate::wire::{ArpOperation, ArpPacket, ArpRepr, EtherType, EthernetAddress, EthernetFrame};
+    use crate::wire::{
+        ArpOperation, ArpPacket, ArpRepr, EtherType, EthernetAddress, EthernetFrame,
+    };
     let mut f = vec![0u8; 60];
     let mut eth = EthernetFrame::new_unchecked(&mut f[..]);
     eth.set_dst_addr(EthernetAddress::BROADCAST);

@@ -9,8 +9,9 @@
 //!
 //! Build aside, swap (STYLE §9): each [`Service`] is an immutable `Arc`, built with its
 //! scheduler tables (ready lists, smooth-WRR sequence, Maglev table) when its backend set
-//! changes. [`ServiceTable::upsert`] rebuilds only the changed service; cloning the table for
-//! the next snapshot copies pointers.
+//! changes. [`ServiceTable::upsert`] rebuilds only the changed service and touches only its
+//! own index keys; the indexes are sharded copy-on-write maps, so cloning the table for the
+//! next snapshot copies shard pointers and a change copies the few shards it writes.
 
 pub mod affinity;
 pub mod maglev;
@@ -21,11 +22,11 @@ use crate::tables::PortId;
 use crate::wire::Ipv4Cidr;
 use core::cell::Cell;
 use core::net::Ipv4Addr;
-use hashbrown::{HashMap, HashSet};
+use hashbrown::HashTable;
 use std::sync::Arc;
 
 /// At most this many services; a service's `slot` indexes per-worker scheduler state.
-pub const MAX_SERVICES: usize = 16_384;
+pub const MAX_SERVICES: usize = 262_144;
 /// At most this many backends per service (scheduler tables hold `u16` indices).
 pub const MAX_BACKENDS: usize = 4096;
 
@@ -388,21 +389,214 @@ pub enum ServiceError {
     TooManyBackends,
 }
 
-type Key = (u32, u16, u8);
+/// Packed frontend key: address << 32 | port << 8 | protocol.
+type Key = u64;
 
 #[inline]
 fn key(addr: Ipv4Addr, port: u16, proto: u8) -> Key {
-    (u32::from(addr), port, proto)
+    (u64::from(u32::from(addr)) << 32) | (u64::from(port) << 8) | u64::from(proto)
+}
+
+fn key_name(k: Key) -> String {
+    let addr = Ipv4Addr::from((k >> 32) as u32);
+    let proto = if k as u8 == PROTO_TCP { "tcp" } else { "udp" };
+    format!("{addr}:{}/{proto}", (k >> 8) as u16)
+}
+
+/// Shards per index: one change copies one shard (about N / 256 entries) instead of the
+/// whole map, and cloning a table for the next snapshot bumps 256 reference counts per
+/// index instead of copying N entries.
+const SHARDS: usize = 256;
+
+/// splitmix64's finalizer: every output bit depends on every input bit, so the shard (bits
+/// 32..40), hashbrown's bucket (low bits) and its tag (top 7 bits) are independent.
+#[inline]
+fn hash64(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+#[inline]
+fn shard_of(h: u64) -> usize {
+    (h >> 32) as usize & (SHARDS - 1)
+}
+
+/// An entry of a [`Sharded`] index: its hash is a function of its key alone.
+trait Entry: Clone {
+    fn key(&self) -> u64;
+}
+
+/// A hash index split into [`SHARDS`] copy-on-write shards. The hash is computed once per
+/// lookup and picks both the shard and the bucket inside it.
+#[derive(Debug, Clone)]
+struct Sharded<T> {
+    shards: Box<[Arc<HashTable<T>>]>,
+    len: usize,
+}
+
+impl<T: Entry> Default for Sharded<T> {
+    fn default() -> Self {
+        // Empty shards share one allocation until first written.
+        let empty = Arc::new(HashTable::new());
+        Sharded {
+            shards: (0..SHARDS).map(|_| empty.clone()).collect(),
+            len: 0,
+        }
+    }
+}
+
+impl<T: Entry> Sharded<T> {
+    #[inline]
+    fn get(&self, k: u64) -> Option<&T> {
+        let h = hash64(k);
+        self.shards[shard_of(h)].find(h, |e| e.key() == k)
+    }
+
+    fn shard_mut(&mut self, h: u64) -> &mut HashTable<T> {
+        Arc::make_mut(&mut self.shards[shard_of(h)])
+    }
+
+    fn get_mut(&mut self, k: u64) -> Option<&mut T> {
+        let h = hash64(k);
+        self.shard_mut(h).find_mut(h, |e| e.key() == k)
+    }
+
+    /// Inserts `e`, replacing the entry with the same key; returns the replaced one.
+    fn insert(&mut self, e: T) -> Option<T> {
+        let k = e.key();
+        let h = hash64(k);
+        match self
+            .shard_mut(h)
+            .entry(h, |x| x.key() == k, |x| hash64(x.key()))
+        {
+            hashbrown::hash_table::Entry::Occupied(mut o) => {
+                Some(core::mem::replace(o.get_mut(), e))
+            }
+            hashbrown::hash_table::Entry::Vacant(v) => {
+                v.insert(e);
+                self.len += 1;
+                None
+            }
+        }
+    }
+
+    fn remove(&mut self, k: u64) -> Option<T> {
+        let h = hash64(k);
+        // Not copying a shard only to find the key absent.
+        self.shards[shard_of(h)].find(h, |e| e.key() == k)?;
+        let (e, _) = self
+            .shard_mut(h)
+            .find_entry(h, |e| e.key() == k)
+            .ok()?
+            .remove();
+        self.len -= 1;
+        Some(e)
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &T> {
+        self.shards.iter().flat_map(|s| s.iter())
+    }
+}
+
+#[derive(Debug, Clone)]
+struct FrontEntry {
+    key: Key,
+    fe: Frontend,
+    svc: Arc<Service>,
+}
+
+impl Entry for FrontEntry {
+    #[inline]
+    fn key(&self) -> u64 {
+        self.key
+    }
+}
+
+#[derive(Debug, Clone)]
+struct IdEntry(Arc<Service>);
+
+impl Entry for IdEntry {
+    #[inline]
+    fn key(&self) -> u64 {
+        u64::from(self.0.spec.id)
+    }
+}
+
+/// A VIP and how many frontends use it: shared addresses are counted, not rebuilt.
+#[derive(Debug, Clone, Copy)]
+struct VipEntry {
+    addr: u32,
+    refs: u32,
+}
+
+impl Entry for VipEntry {
+    #[inline]
+    fn key(&self) -> u64 {
+        u64::from(self.addr)
+    }
+}
+
+/// Words per slot-bitmap chunk; 64 chunks of 64 words give [`MAX_SERVICES`] bits.
+const SLOT_WORDS: usize = 64;
+const SLOT_CHUNK: usize = SLOT_WORDS * 64;
+const _: () = assert!(MAX_SERVICES == 64 * SLOT_CHUNK);
+
+/// Which slots are taken: 64 copy-on-write chunks plus a mask of the full ones, so
+/// allocating scans at most one chunk and a change copies 512 bytes.
+#[derive(Debug, Clone)]
+struct Slots {
+    chunks: Box<[Arc<[u64; SLOT_WORDS]>]>,
+    full: u64,
+}
+
+impl Default for Slots {
+    fn default() -> Self {
+        let empty = Arc::new([0u64; SLOT_WORDS]);
+        Slots {
+            chunks: (0..64).map(|_| empty.clone()).collect(),
+            full: 0,
+        }
+    }
+}
+
+impl Slots {
+    fn alloc(&mut self) -> Option<u32> {
+        let c = (!self.full).trailing_zeros() as usize;
+        if c == 64 {
+            return None;
+        }
+        let chunk = Arc::make_mut(&mut self.chunks[c]);
+        let w = chunk.iter().position(|w| *w != u64::MAX)?;
+        let b = (!chunk[w]).trailing_zeros() as usize;
+        chunk[w] |= 1 << b;
+        if chunk.iter().all(|w| *w == u64::MAX) {
+            self.full |= 1 << c;
+        }
+        Some((c * SLOT_CHUNK + w * 64 + b) as u32)
+    }
+
+    fn free(&mut self, slot: u32) {
+        let s = slot as usize;
+        let (c, w, b) = (s / SLOT_CHUNK, s % SLOT_CHUNK / 64, s % 64);
+        Arc::make_mut(&mut self.chunks[c])[w] &= !(1 << b);
+        self.full &= !(1 << c);
+    }
 }
 
 /// All services of one snapshot.
+///
+/// Every index is [`Sharded`] and a change touches only the keys of the service it changes
+/// (its old and new frontends, its id, the reference counts of its VIPs), so programming
+/// one service costs the same with 10 or 100,000 loaded.
 #[derive(Debug, Clone, Default)]
 pub struct ServiceTable {
-    services: Vec<Option<Arc<Service>>>,
-    by_front: HashMap<Key, (u32, Frontend)>,
-    by_id: HashMap<u32, u32>,
+    by_front: Sharded<FrontEntry>,
+    by_id: Sharded<IdEntry>,
     /// Every ClusterIP / external / LB address: ICMP echo to these is answered.
-    vips: HashSet<u32>,
+    vips: Sharded<VipEntry>,
+    slots: Slots,
     pub masquerade: Vec<MasqRule>,
 }
 
@@ -411,24 +605,25 @@ impl ServiceTable {
         ServiceTable::default()
     }
 
-    fn frontends(spec: &ServiceSpec) -> Vec<(Key, Frontend)> {
-        let mut v = Vec::new();
-        if let Some(ip) = spec.cluster_ip {
-            v.push((key(ip, spec.port, spec.proto), Frontend::ClusterIp));
-        }
-        if let Some(np) = spec.node_port {
-            v.push((
-                key(Ipv4Addr::UNSPECIFIED, np, spec.proto),
-                Frontend::NodePort,
-            ));
-        }
-        for ip in &spec.external_ips {
-            v.push((key(*ip, spec.port, spec.proto), Frontend::ExternalIp));
-        }
-        for ip in &spec.lb_ips {
-            v.push((key(*ip, spec.port, spec.proto), Frontend::LoadBalancer));
-        }
-        v
+    fn frontends(spec: &ServiceSpec) -> impl Iterator<Item = (Key, Frontend)> + '_ {
+        let (port, proto) = (spec.port, spec.proto);
+        spec.cluster_ip
+            .map(|ip| (key(ip, port, proto), Frontend::ClusterIp))
+            .into_iter()
+            .chain(
+                spec.node_port
+                    .map(|np| (key(Ipv4Addr::UNSPECIFIED, np, proto), Frontend::NodePort)),
+            )
+            .chain(
+                spec.external_ips
+                    .iter()
+                    .map(move |ip| (key(*ip, port, proto), Frontend::ExternalIp)),
+            )
+            .chain(
+                spec.lb_ips
+                    .iter()
+                    .map(move |ip| (key(*ip, port, proto), Frontend::LoadBalancer)),
+            )
     }
 
     /// Adds or replaces the service with `spec.id`, rebuilding only its tables. The
@@ -438,84 +633,84 @@ impl ServiceTable {
             return Err(ServiceError::TooManyBackends);
         }
         for (k, _) in Self::frontends(&spec) {
-            if let Some((slot, _)) = self.by_front.get(&k)
-                && let Some(other) = self.get_slot(*slot)
-                && other.id() != spec.id
+            if let Some(other) = self.by_front.get(k)
+                && other.svc.id() != spec.id
             {
-                let addr = Ipv4Addr::from(k.0);
-                let proto = if k.2 == PROTO_TCP { "tcp" } else { "udp" };
                 return Err(ServiceError::Conflict(
-                    format!("{addr}:{}/{proto}", k.1),
-                    other.spec.name.clone(),
+                    key_name(k),
+                    other.svc.spec.name.clone(),
                 ));
             }
         }
-        let (slot, generation) = match self.by_id.get(&spec.id) {
-            Some(&slot) => {
-                let old = self.get_slot(slot).cloned();
-                let generation = match &old {
-                    Some(o) if o.spec.backends == spec.backends => o.generation,
-                    Some(o) => o.generation.wrapping_add(1),
-                    None => 1,
+        let (slot, generation) = match self.by_id.get(u64::from(spec.id)) {
+            Some(IdEntry(old)) => {
+                let old = old.clone();
+                self.unindex(&old.spec);
+                let generation = if old.spec.backends == spec.backends {
+                    old.generation
+                } else {
+                    old.generation.wrapping_add(1)
                 };
-                self.unindex(slot);
-                (slot, generation)
+                (old.slot, generation)
             }
-            None => {
-                let slot = match self.services.iter().position(Option::is_none) {
-                    Some(s) => s,
-                    None if self.services.len() < MAX_SERVICES => {
-                        self.services.push(None);
-                        self.services.len() - 1
-                    }
-                    None => return Err(ServiceError::TooMany),
-                };
-                (slot as u32, 1)
-            }
+            None => (self.slots.alloc().ok_or(ServiceError::TooMany)?, 1),
         };
-        let svc = Service {
+        let svc = Arc::new(Service {
             all: Pool::build(&spec.backends, |_| true),
             local: Pool::build(&spec.backends, |b| b.local),
             slot,
             generation,
             spec,
-        };
+        });
         for (k, fe) in Self::frontends(&svc.spec) {
-            self.by_front.insert(k, (slot, fe));
+            self.by_front.insert(FrontEntry {
+                key: k,
+                fe,
+                svc: svc.clone(),
+            });
             if fe != Frontend::NodePort {
-                self.vips.insert(k.0);
+                let addr = (k >> 32) as u32;
+                match self.vips.get_mut(u64::from(addr)) {
+                    Some(v) => v.refs += 1,
+                    None => {
+                        self.vips.insert(VipEntry { addr, refs: 1 });
+                    }
+                }
             }
         }
-        self.by_id.insert(svc.id(), slot);
-        self.services[slot as usize] = Some(Arc::new(svc));
+        self.by_id.insert(IdEntry(svc));
         Ok(())
     }
 
-    fn unindex(&mut self, slot: u32) {
-        self.by_front.retain(|_, (s, _)| *s != slot);
-        self.vips = self
-            .by_front
-            .iter()
-            .filter(|(_, (_, fe))| *fe != Frontend::NodePort)
-            .map(|(k, _)| k.0)
-            .collect();
+    /// Drops the frontend keys and VIP references of `spec`, and nothing else.
+    fn unindex(&mut self, spec: &ServiceSpec) {
+        for (k, fe) in Self::frontends(spec) {
+            // A spec may list one key twice (a ClusterIP that is also an external IP); the
+            // second removal finds it gone. VIP counts follow the list, so they still match.
+            self.by_front.remove(k);
+            if fe != Frontend::NodePort {
+                let addr = u64::from((k >> 32) as u32);
+                if let Some(v) = self.vips.get_mut(addr) {
+                    v.refs -= 1;
+                    if v.refs == 0 {
+                        self.vips.remove(addr);
+                    }
+                }
+            }
+        }
     }
 
     /// Removes a service; its tracked flows keep their translation until they expire.
     pub fn remove(&mut self, id: u32) -> Option<Arc<Service>> {
-        let slot = self.by_id.remove(&id)?;
-        self.unindex(slot);
-        self.services.get_mut(slot as usize)?.take()
-    }
-
-    #[inline]
-    fn get_slot(&self, slot: u32) -> Option<&Arc<Service>> {
-        self.services.get(slot as usize)?.as_ref()
+        let IdEntry(old) = self.by_id.remove(u64::from(id))?;
+        self.unindex(&old.spec);
+        self.slots.free(old.slot);
+        Some(old)
     }
 
     #[inline]
     pub fn get(&self, id: u32) -> Option<&Service> {
-        self.get_slot(*self.by_id.get(&id)?).map(|s| &**s)
+        self.by_id.get(u64::from(id)).map(|e| &*e.0)
     }
 
     /// The service for a packet to `dst:port/proto`. `dst_is_local` enables NodePorts.
@@ -527,41 +722,60 @@ impl ServiceTable {
         proto: u8,
         dst_is_local: bool,
     ) -> Option<(&Service, Frontend)> {
-        if self.by_front.is_empty() {
+        if self.by_front.len == 0 {
             return None;
         }
-        let hit = self.by_front.get(&key(dst, port, proto)).or_else(|| {
+        let hit = self.by_front.get(key(dst, port, proto)).or_else(|| {
             if dst_is_local {
-                self.by_front.get(&key(Ipv4Addr::UNSPECIFIED, port, proto))
+                self.by_front.get(key(Ipv4Addr::UNSPECIFIED, port, proto))
             } else {
                 None
             }
         })?;
-        Some((self.get_slot(hit.0)?, hit.1))
+        Some((&hit.svc, hit.fe))
     }
 
     /// `addr` is a ClusterIP, external IP or load-balancer IP of some service.
     #[inline]
     pub fn is_vip(&self, addr: Ipv4Addr) -> bool {
-        !self.vips.is_empty() && self.vips.contains(&u32::from(addr))
+        self.vips.len != 0 && self.vips.get(u64::from(u32::from(addr))).is_some()
     }
 
+    /// Every service, in no particular order.
     pub fn iter(&self) -> impl Iterator<Item = &Service> {
-        self.services.iter().flatten().map(|s| &**s)
+        self.by_id.iter().map(|e| &*e.0)
     }
 
     pub fn len(&self) -> usize {
-        self.by_id.len()
+        self.by_id.len
     }
 
     pub fn is_empty(&self) -> bool {
-        self.by_id.is_empty()
+        self.by_id.len == 0
     }
 
     /// Nothing to do on the packet path: no services and no masquerade rules.
     #[inline]
     pub fn is_inert(&self) -> bool {
-        self.by_front.is_empty() && self.masquerade.is_empty()
+        self.by_front.len == 0 && self.masquerade.is_empty()
+    }
+
+    /// The frontend index as (address, port, protocol) → (service id, kind), and the VIP
+    /// reference counts: what a table rebuilt from scratch must equal (tests).
+    #[cfg(test)]
+    pub(crate) fn index_view(
+        &self,
+    ) -> (
+        std::collections::BTreeMap<Key, (u32, Frontend)>,
+        std::collections::BTreeMap<u32, u32>,
+    ) {
+        (
+            self.by_front
+                .iter()
+                .map(|e| (e.key, (e.svc.id(), e.fe)))
+                .collect(),
+            self.vips.iter().map(|v| (v.addr, v.refs)).collect(),
+        )
     }
 }
 
@@ -574,7 +788,9 @@ impl ServiceTable {
 /// round-robins, which is what IPVS does per CPU too.
 #[derive(Debug)]
 pub struct WorkerLocal {
-    /// Round-robin / WRR / lc-tie cursor per service slot.
+    /// Round-robin / WRR / lc-tie cursor per service slot: dense, so a cursor is one indexed
+    /// load (4 bytes × [`MAX_SERVICES`] = 1 MiB per worker, allocated once). A hash of slots
+    /// onto fewer cursors would make colliding `rr` services step each other's cursor.
     cursors: Box<[Cell<u32>]>,
     rng: Cell<u64>,
     /// Next SNAT port candidate, as an offset into [`SNAT_PORTS`]. Workers start at

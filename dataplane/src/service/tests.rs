@@ -228,3 +228,209 @@ fn snat_ports_stay_in_range_and_workers_start_apart() {
     assert_eq!(a[28232], 32768, "wraps around");
     assert_ne!(w1.snat_port(), 32768);
 }
+
+mod incremental {
+    //! The incremental index against a model: after every operation the table must equal
+    //! one rebuilt from scratch from the services the model holds, and an earlier clone
+    //! (a published snapshot) must not have changed.
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::BTreeMap;
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Upsert(ServiceSpec),
+        Remove(u32),
+    }
+
+    /// Few ids, addresses and ports, so VIPs are shared and conflicts are frequent.
+    fn spec_strategy() -> impl Strategy<Value = ServiceSpec> {
+        let addr = (1u8..=4).prop_map(|i| Ipv4Addr::new(10, 96, 0, i));
+        (
+            1u32..=6,
+            prop::bool::ANY,
+            prop_oneof![Just(80u16), Just(81)],
+            prop::option::of(addr.clone()),
+            prop::option::of(prop_oneof![Just(30001u16), Just(30002)]),
+            prop::collection::vec(addr.clone(), 0..3),
+            prop::collection::vec(addr, 0..2),
+            prop::collection::vec((1u8..=3, 0u16..=2), 0..3),
+        )
+            .prop_map(|(id, udp, port, cip, np, ext, lb, bs)| {
+                let mut backends: Vec<Backend> = Vec::new();
+                for (last, w) in bs {
+                    if backends.iter().all(|b| b.addr.octets()[3] != last) {
+                        backends.push(backend(last, w));
+                    }
+                }
+                ServiceSpec {
+                    id,
+                    name: format!("svc{id}"),
+                    proto: if udp { PROTO_UDP } else { PROTO_TCP },
+                    port,
+                    cluster_ip: cip,
+                    node_port: np,
+                    external_ips: ext,
+                    lb_ips: lb,
+                    scheduler: Scheduler::Rr,
+                    affinity_timeout: None,
+                    etp_local: false,
+                    backends,
+                }
+            })
+    }
+
+    fn op_strategy() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            3 => spec_strategy().prop_map(Op::Upsert),
+            1 => (1u32..=6).prop_map(Op::Remove),
+        ]
+    }
+
+    type View = (BTreeMap<Key, (u32, Frontend)>, BTreeMap<u32, u32>);
+
+    /// The index a table holding `model` must have, computed without the table.
+    fn rebuilt(model: &BTreeMap<u32, (ServiceSpec, u32)>) -> View {
+        let (mut front, mut vips) = (BTreeMap::new(), BTreeMap::new());
+        for (spec, _) in model.values() {
+            for (k, fe) in ServiceTable::frontends(spec) {
+                front.insert(k, (spec.id, fe));
+                if fe != Frontend::NodePort {
+                    *vips.entry((k >> 32) as u32).or_insert(0) += 1;
+                }
+            }
+        }
+        (front, vips)
+    }
+
+    fn check(t: &ServiceTable, model: &BTreeMap<u32, (ServiceSpec, u32)>) {
+        let want = rebuilt(model);
+        assert_eq!(t.index_view(), want);
+        assert_eq!(t.len(), model.len());
+        // A table built from scratch agrees too.
+        let mut fresh = ServiceTable::new();
+        for (spec, _) in model.values() {
+            fresh.upsert(spec.clone()).unwrap();
+        }
+        assert_eq!(fresh.index_view(), want);
+        let mut slots = std::collections::BTreeSet::new();
+        for (id, (spec, generation)) in model {
+            let s = t.get(*id).expect("modelled service present");
+            assert_eq!(&s.spec, spec);
+            assert_eq!(s.generation, *generation);
+            assert!(
+                (s.slot as usize) < MAX_SERVICES && slots.insert(s.slot),
+                "slots unique"
+            );
+        }
+        for (k, (id, fe)) in &want.0 {
+            let (addr, port, proto) = (Ipv4Addr::from((k >> 32) as u32), (k >> 8) as u16, *k as u8);
+            let local = addr.is_unspecified();
+            let probe = if local {
+                Ipv4Addr::new(10, 186, 153, 103)
+            } else {
+                addr
+            };
+            let (s, f) = t.lookup(probe, port, proto, local).expect("frontend found");
+            assert_eq!((s.id(), f), (*id, *fe));
+        }
+        for i in 1..=4 {
+            let a = Ipv4Addr::new(10, 96, 0, i);
+            assert_eq!(t.is_vip(a), want.1.contains_key(&u32::from(a)), "{a}");
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+        #[test]
+        fn incremental_index_equals_rebuild(ops in prop::collection::vec(op_strategy(), 1..40)) {
+            let mut t = ServiceTable::new();
+            let mut model: BTreeMap<u32, (ServiceSpec, u32)> = BTreeMap::new();
+            for op in ops {
+                let snapshot = t.clone();
+                let before = t.index_view();
+                match op {
+                    Op::Upsert(spec) => {
+                        let conflict = ServiceTable::frontends(&spec).any(|(k, _)| {
+                            rebuilt(&model).0.get(&k).is_some_and(|(id, _)| *id != spec.id)
+                        });
+                        let r = t.upsert(spec.clone());
+                        prop_assert_eq!(r.is_err(), conflict, "{:?}", r);
+                        if !conflict {
+                            let generation = match model.get(&spec.id) {
+                                Some((old, g)) if old.backends == spec.backends => *g,
+                                Some((_, g)) => g + 1,
+                                None => 1,
+                            };
+                            model.insert(spec.id, (spec, generation));
+                        }
+                    }
+                    Op::Remove(id) => {
+                        prop_assert_eq!(t.remove(id).is_some(), model.remove(&id).is_some());
+                    }
+                }
+                check(&t, &model);
+                prop_assert_eq!(snapshot.index_view(), before, "a published clone changed");
+            }
+        }
+    }
+
+    #[test]
+    fn nodeport_keys_are_wildcards_and_vips_are_shared() {
+        let mut t = ServiceTable::new();
+        let vip = Ipv4Addr::new(10, 96, 0, 1);
+        let mut a = spec(1, Scheduler::Rr, vec![]);
+        a.cluster_ip = Some(vip);
+        a.node_port = Some(30001);
+        let mut b = spec(2, Scheduler::Rr, vec![]);
+        b.cluster_ip = Some(vip);
+        b.port = 443;
+        t.upsert(a.clone()).unwrap();
+        t.upsert(b).unwrap();
+        assert_eq!(t.index_view().1.get(&u32::from(vip)), Some(&2));
+        // Same NodePort, other protocol: a different key.
+        let mut c = spec(3, Scheduler::Rr, vec![]);
+        c.cluster_ip = None;
+        c.node_port = Some(30001);
+        c.proto = PROTO_UDP;
+        t.upsert(c).unwrap();
+        let mut d = spec(4, Scheduler::Rr, vec![]);
+        d.cluster_ip = None;
+        d.node_port = Some(30001);
+        assert!(
+            t.upsert(d)
+                .unwrap_err()
+                .to_string()
+                .contains("0.0.0.0:30001/tcp")
+        );
+        // Moving service 1 off the VIP keeps it a VIP for service 2.
+        a.cluster_ip = Some(Ipv4Addr::new(10, 96, 0, 9));
+        t.upsert(a).unwrap();
+        assert!(t.is_vip(vip));
+        assert!(t.lookup(vip, 80, PROTO_TCP, false).is_none());
+        assert_eq!(t.lookup(vip, 443, PROTO_TCP, false).unwrap().0.id(), 2);
+        t.remove(2);
+        assert!(!t.is_vip(vip));
+        assert!(!t.is_vip(Ipv4Addr::UNSPECIFIED), "NodePorts are not VIPs");
+    }
+
+    #[test]
+    fn slots_fill_every_bit_then_refuse_and_reuse_freed() {
+        let mut s = Slots::default();
+        let mut seen = vec![false; MAX_SERVICES];
+        for _ in 0..MAX_SERVICES {
+            let x = s.alloc().unwrap() as usize;
+            assert!(!seen[x]);
+            seen[x] = true;
+        }
+        let full = s.clone();
+        assert_eq!(s.alloc(), None);
+        s.free(70_000);
+        s.free(5);
+        assert_eq!(s.alloc(), Some(5));
+        assert_eq!(s.alloc(), Some(70_000));
+        assert_eq!(s.alloc(), None);
+        let mut f = full;
+        assert_eq!(f.alloc(), None, "clone kept its own bitmap");
+    }
+}

@@ -10,8 +10,8 @@ pub mod ports;
 
 pub use fib::{Fib, NextHop, Route};
 pub use neigh::NeighCache;
-pub use ports::{Port, PortId, PortRole, Ports};
 pub use overlay::{PortKind, VlanMode};
+pub use ports::{Port, PortId, PortRole, Ports};
 
 use core::net::Ipv4Addr;
 use hashbrown::HashMap;

@@ -22,6 +22,9 @@ pub struct NeighEntry {
     pub updated: u32,
     /// Configured statically: never aged out or replaced by learning.
     pub permanent: bool,
+    /// The last second a frame was sent to it ([`NeighCache::touch`]), 0 if never since it
+    /// was last learned: aging re-ARPs only neighbours in use (`control::neigh_ctl`).
+    pub used: u32,
 }
 
 #[derive(Debug, Default)]
@@ -30,6 +33,9 @@ struct Slot {
     seq: AtomicU32,
     ip: AtomicU32,
     updated: AtomicU32,
+    /// Advisory, outside the seqlock: written by [`NeighCache::touch`] at most once per
+    /// second per neighbour, so busy neighbours do not bounce the line between workers.
+    used: AtomicU32,
     /// mac (48 bits) | port << 48 (15 bits) | PERMANENT
     word: AtomicU64,
 }
@@ -108,6 +114,7 @@ impl NeighCache {
                         port,
                         updated,
                         permanent,
+                        used: slot.used.load(Ordering::Relaxed),
                     });
                 }
                 Some((0, _, _)) => return None,
@@ -172,21 +179,56 @@ impl NeighCache {
         fence(Ordering::Release);
         slot.ip.store(key, Ordering::Relaxed);
         slot.updated.store(now, Ordering::Relaxed);
+        slot.used.store(0, Ordering::Relaxed);
         slot.word
             .store(pack(mac, port, permanent), Ordering::Relaxed);
         slot.seq.store(s + 2, Ordering::Release);
         true
     }
 
-    /// Removes `ip` (control plane: `neigh del`, or a static entry withdrawn).
-    pub fn remove(&self, ip: Ipv4Addr) -> bool {
+    /// Records that a frame is being sent to `ip` at second `now` (0 is stored as 1, since
+    /// 0 means unused). Callers skip it when the entry already says `now`.
+    #[inline]
+    pub fn touch(&self, ip: Ipv4Addr, now: u32) {
         let key = u32::from(ip);
         let start = hash(key);
         for i in 0..PROBE {
             let slot = &self.slots[(start + i) & self.mask];
-            if let Some((k, _, _)) = self.read(slot)
+            let k = slot.ip.load(Ordering::Relaxed);
+            if k == key {
+                // A slot rewritten for another address meanwhile gets a spurious mark:
+                // at worst one extra refresh request.
+                slot.used.store(now.max(1), Ordering::Relaxed);
+                return;
+            }
+            if k == 0 {
+                return;
+            }
+        }
+    }
+
+    /// Removes `ip` (control plane: `neigh del`, or a static entry withdrawn).
+    pub fn remove(&self, ip: Ipv4Addr) -> bool {
+        self.remove_where(ip, |_| true)
+    }
+
+    /// Removes the learned entry for `ip` only if it was last confirmed at `updated` (aging:
+    /// an ARP reply that refreshed it since the control thread looked keeps it).
+    pub fn remove_if_unchanged(&self, ip: Ipv4Addr, updated: u32) -> bool {
+        self.remove_where(ip, |(u, word)| u == updated && word & PERMANENT == 0)
+    }
+
+    fn remove_where(&self, ip: Ipv4Addr, pred: impl Fn((u32, u64)) -> bool) -> bool {
+        let key = u32::from(ip);
+        let start = hash(key);
+        for i in 0..PROBE {
+            let slot = &self.slots[(start + i) & self.mask];
+            if let Some((k, updated, word)) = self.read(slot)
                 && k == key
             {
+                if !pred((updated, word)) {
+                    return false;
+                }
                 let s = slot.seq.load(Ordering::Relaxed);
                 if s & 1 == 0
                     && slot
@@ -197,6 +239,15 @@ impl NeighCache {
                     fence(Ordering::Release);
                     // A tombstone would be needed for strict probing; moving the rest of the
                     // window is not worth it for a cache: a later miss just re-resolves.
+                    // Checked again inside the write: a worker may have refreshed it between
+                    // the read above and taking the slot.
+                    if !pred((
+                        slot.updated.load(Ordering::Relaxed),
+                        slot.word.load(Ordering::Relaxed),
+                    )) {
+                        slot.seq.store(s + 2, Ordering::Release);
+                        return false;
+                    }
                     slot.ip.store(u32::MAX, Ordering::Relaxed);
                     slot.word.store(0, Ordering::Relaxed);
                     slot.seq.store(s + 2, Ordering::Release);
@@ -211,9 +262,9 @@ impl NeighCache {
     pub fn entries(&self) -> Vec<NeighEntry> {
         self.slots
             .iter()
-            .filter_map(|s| self.read(s))
-            .filter(|(k, _, _)| *k != 0 && *k != u32::MAX)
-            .map(|(k, updated, word)| {
+            .filter_map(|s| self.read(s).map(|r| (r, s.used.load(Ordering::Relaxed))))
+            .filter(|((k, _, _), _)| *k != 0 && *k != u32::MAX)
+            .map(|((k, updated, word), used)| {
                 let (mac, port, permanent) = unpack(word);
                 NeighEntry {
                     ip: Ipv4Addr::from(k),
@@ -221,14 +272,15 @@ impl NeighCache {
                     port,
                     updated,
                     permanent,
+                    used,
                 }
             })
             .collect()
     }
 }
 
-/// How old a learned entry may get before the control thread re-ARPs it, and how much
-/// longer it may go unconfirmed before it is removed (Linux: `base_reachable_time` ~30 s and
+/// Defaults for `neighbors_aging` (`control::config::neigh`): how old a learned entry may
+/// get before the control thread re-ARPs it (if it is in use), and when it is removed (Linux: `base_reachable_time` ~30 s and
 /// `gc_stale_time` 60 s; a node's neighbours are few and stable, so minutes are fine).
 pub const REFRESH_AFTER_S: u32 = 300;
 pub const EXPIRE_AFTER_S: u32 = 330;
@@ -351,6 +403,37 @@ mod tests {
             }
         }
         writer.join().unwrap();
+    }
+
+    #[test]
+    fn touch_marks_use_and_learning_clears_it() {
+        let c = NeighCache::new(64);
+        let ip = Ipv4Addr::new(10, 20, 9, 60);
+        c.touch(ip, 5); // absent: nothing happens
+        assert!(c.learn(ip, MAC, PortId(1), 10));
+        assert_eq!(c.lookup(ip).unwrap().used, 0);
+        c.touch(ip, 12);
+        assert_eq!(c.lookup(ip).unwrap().used, 12);
+        assert_eq!(c.entries()[0].used, 12);
+        c.touch(ip, 0);
+        assert_eq!(c.lookup(ip).unwrap().used, 1, "0 means unused");
+        assert!(c.learn(ip, MAC, PortId(1), 20));
+        assert_eq!(c.lookup(ip).unwrap().used, 0);
+    }
+
+    #[test]
+    fn remove_if_unchanged_keeps_refreshed_and_static_entries() {
+        let c = NeighCache::new(64);
+        let ip = Ipv4Addr::new(10, 20, 9, 60);
+        assert!(c.learn(ip, MAC, PortId(1), 10));
+        assert!(c.learn(ip, MAC, PortId(1), 11));
+        assert!(!c.remove_if_unchanged(ip, 10), "refreshed since");
+        assert!(c.remove_if_unchanged(ip, 11));
+        assert!(c.lookup(ip).is_none());
+        let gw = Ipv4Addr::new(10, 186, 153, 254);
+        assert!(c.set_static(gw, MAC, PortId(0)));
+        assert!(!c.remove_if_unchanged(gw, 0));
+        assert!(c.lookup(gw).is_some());
     }
 
     #[test]

@@ -11,7 +11,13 @@
 //! afgate-peer udp-server --listen ADDR:PORT --id NAME [--max-secs N]
 //! afgate-peer udp-client --connect ADDR:PORT [--count N] [--timeout S]
 //! afgate-peer tcp-conns  --connect ADDR:PORT --count N [--timeout S]
+//! afgate-peer raw-send   --dev DEV --hex FRAME [--count N] [--secs S] [--vary-arp-target 1]
 //! ```
+//!
+//! `raw-send` writes FRAME (hex, from the Ethernet header on) to DEV through an AF_PACKET
+//! socket, byte for byte, `--count` times (at most 100 000) spread over `--secs` (default:
+//! as fast as possible); with `--vary-arp-target 1` the ARP target address (bytes 38..42)
+//! counts up from FRAME's, so each copy asks for another host. Prints `sent N`.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead, BufReader, Read, Write};
@@ -25,7 +31,8 @@ const USAGE: &str =
     "usage: afgate-peer (tcp-server|udp-server) --listen ADDR:PORT --id NAME [--max-secs N]
        afgate-peer tcp-client --connect ADDR:PORT [--send BYTES] [--timeout S]
        afgate-peer udp-client --connect ADDR:PORT [--count N] [--timeout S]
-       afgate-peer tcp-conns --connect ADDR:PORT --count N [--timeout S]";
+       afgate-peer tcp-conns --connect ADDR:PORT --count N [--timeout S]
+       afgate-peer raw-send --dev DEV --hex FRAME [--count N] [--secs S] [--vary-arp-target 1]";
 
 /// Servers that are not told otherwise stop after this long, so a forgotten one cannot linger.
 const DEFAULT_MAX_SECS: u64 = 60;
@@ -83,6 +90,7 @@ fn main() -> ExitCode {
         "udp-server" => udp_server(&a),
         "udp-client" => udp_client(&a),
         "tcp-conns" => tcp_conns(&a),
+        "raw-send" => raw_send(&a),
         other => bail!("unknown mode {other:?}\n{USAGE}"),
     });
     match result {
@@ -328,4 +336,109 @@ fn one_conn(addr: SocketAddr, timeout: Duration) -> Result<String> {
         .find_map(|w| w.strip_prefix("id="))
         .with_context(|| format!("no id in {line:?}"))?;
     Ok(id.to_string())
+}
+
+/// Most frames one `raw-send` writes: the mode is for bounded bursts, not load.
+const RAW_SEND_MAX: u64 = 100_000;
+
+fn parse_hex(s: &str) -> Result<Vec<u8>> {
+    let s: String = s
+        .chars()
+        .filter(|c| !c.is_whitespace() && *c != ':')
+        .collect();
+    if !s.len().is_multiple_of(2) {
+        bail!("--hex has an odd number of digits");
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).with_context(|| format!("--hex at {i}")))
+        .collect()
+}
+
+fn raw_send(a: &Args) -> Result<bool> {
+    let dev = a.req("dev")?;
+    let mut frame = parse_hex(a.req("hex")?)?;
+    let count = a.num("count", 1)?;
+    if count == 0 || count > RAW_SEND_MAX {
+        bail!("--count {count}: 1..={RAW_SEND_MAX}");
+    }
+    let secs = a.num("secs", 0)?;
+    let vary = a.num("vary-arp-target", 0)? != 0;
+    if vary && frame.len() < 42 {
+        bail!("--vary-arp-target needs an ARP frame (42 bytes or more)");
+    }
+    let cdev = std::ffi::CString::new(dev).context("--dev")?;
+    // SAFETY: cdev is a valid NUL-terminated string.
+    let ifindex = unsafe { libc::if_nametoindex(cdev.as_ptr()) };
+    if ifindex == 0 {
+        bail!("no device {dev:?}: {}", std::io::Error::last_os_error());
+    }
+    // Protocol 0: a send-only socket, so it queues nothing it would have to receive.
+    // SAFETY: plain socket(2) call; the descriptor is owned by `fd` below.
+    let raw = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0) };
+    if raw < 0 {
+        bail!("socket(AF_PACKET): {}", std::io::Error::last_os_error());
+    }
+    // SAFETY: raw is a fresh descriptor nobody else owns.
+    let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) };
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&fd);
+    // SAFETY: sockaddr_ll is plain old data; all-zero is a valid value.
+    let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    sll.sll_family = libc::AF_PACKET as u16;
+    sll.sll_ifindex = ifindex as i32;
+    sll.sll_halen = 6;
+    let gap = if secs > 0 {
+        Duration::from_secs(secs) / count as u32
+    } else {
+        Duration::ZERO
+    };
+    let start = Instant::now();
+    let base_tpa = if vary {
+        u32::from_be_bytes([frame[38], frame[39], frame[40], frame[41]])
+    } else {
+        0
+    };
+    let mut sent = 0u64;
+    for i in 0..count {
+        if vary {
+            let tpa = base_tpa.wrapping_add(i as u32);
+            frame[38..42].copy_from_slice(&tpa.to_be_bytes());
+        }
+        // A full device queue (ENOBUFS) is retried, a bounded number of times, so that
+        // `sent` is exactly `--count` when the call succeeds.
+        let mut retries = 0;
+        loop {
+            // SAFETY: frame and sll outlive the call; lengths are theirs.
+            let n = unsafe {
+                libc::sendto(
+                    fd,
+                    frame.as_ptr().cast(),
+                    frame.len(),
+                    0,
+                    (&raw const sll).cast(),
+                    std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+                )
+            };
+            if n >= 0 {
+                break;
+            }
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::ENOBUFS) && retries < 1000 {
+                retries += 1;
+                std::thread::sleep(Duration::from_millis(1));
+                continue;
+            }
+            bail!("sendto {dev} ({} bytes): {e}", frame.len());
+        }
+        sent += 1;
+        if !gap.is_zero() {
+            let due = start + gap * (i as u32 + 1);
+            let now = Instant::now();
+            if due > now {
+                std::thread::sleep(due - now);
+            }
+        }
+    }
+    say(&format!("sent {sent}"));
+    Ok(sent == count)
 }
