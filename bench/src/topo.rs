@@ -13,7 +13,7 @@
 //! during a run. Dropping the [`BenchLab`] deletes the namespaces and everything in them.
 
 use afgate_tests::{End, Lab, Mac, Netns, VethSpec};
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
@@ -93,6 +93,60 @@ impl BenchLab {
         .map(drop)
     }
 
+    /// Moves `dev`'s receive NAPI into its own SCHED_FIFO kthread (`napi/<dev>-<id>`) pinned to
+    /// `core`.
+    /// On veth the receive work (XDP, devmap redirect, the copy into an AF_XDP socket, the
+    /// stack) otherwise runs in softirq on the core that *sent* the frame, i.e. the
+    /// generator's, so the forwarder under test would be measured on the load core. veth has
+    /// a NAPI only while an XDP program is attached (or GRO is on), and drops it, with its
+    /// kthread, when the program goes: call this after every attach. Returns the kthread's
+    /// pid.
+    pub fn pin_napi(&self, ns: &Netns, dev: &str, core: usize) -> Result<i32> {
+        let prefix = format!("napi/{dev}-");
+        let path = format!("/sys/class/net/{dev}/threaded");
+        // Restart the kthread so the new pid tells ours from another namespace's `dev`.
+        ns.exec_ok(&["sh", "-c", &format!("echo 0 > {path}")])
+            .with_context(|| format!("{}: {dev}: threaded NAPI off", ns.name()))?;
+        let before = napi_kthreads(&prefix)?;
+        ns.exec_ok(&["sh", "-c", &format!("echo 1 > {path}")])
+            .with_context(|| {
+                format!(
+                    "{}: {dev}: threaded NAPI (needs an XDP program on it)",
+                    ns.name()
+                )
+            })?;
+        let new: Vec<i32> = napi_kthreads(&prefix)?
+            .into_iter()
+            .filter(|p| !before.contains(p))
+            .collect();
+        let [pid] = new[..] else {
+            bail!(
+                "{}: {dev}: expected one new {prefix}* kthread, found {new:?}",
+                ns.name()
+            );
+        };
+        let (core_s, pid_s) = (core.to_string(), pid.to_string());
+        // SCHED_FIFO so the kthread preempts the busy-polling processes on its core as a
+        // NIC's softirq would; as a normal task, CFS would share the core with the spinning
+        // generator or forwarder and the veth ring would overflow in between.
+        for argv in [
+            ["taskset", "-pc", core_s.as_str(), pid_s.as_str()],
+            ["chrt", "-f", "-p", "50", pid_s.as_str()],
+        ] {
+            let out = std::process::Command::new(argv[0])
+                .args(&argv[1..])
+                .output()
+                .with_context(|| format!("running {}", argv[0]))?;
+            if !out.status.success() {
+                bail!(
+                    "{argv:?} ({prefix}* on core {core}): {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                );
+            }
+        }
+        Ok(pid)
+    }
+
     /// afgate's configuration for the DUT: ports d0 and d1, the sink as a static neighbour.
     pub fn afgate_config(&self, poll: &str, core: usize) -> Result<PathBuf> {
         let y = format!(
@@ -108,4 +162,22 @@ impl BenchLab {
         std::fs::write(&path, y)?;
         Ok(path)
     }
+}
+
+/// Pids of the kernel threads whose name starts with `prefix`.
+fn napi_kthreads(prefix: &str) -> Result<Vec<i32>> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc")? {
+        let e = e?;
+        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+            continue;
+        };
+        // A process may exit between readdir and read.
+        if let Ok(comm) = std::fs::read_to_string(e.path().join("comm"))
+            && comm.trim_end().starts_with(prefix)
+        {
+            out.push(pid);
+        }
+    }
+    Ok(out)
 }

@@ -82,6 +82,10 @@ pub struct Env {
     pub max_pps: f64,
     /// The generator engine for traffic it supports (the others always use `xsk`).
     pub engine: Engine,
+    /// veth receive NAPI in kthreads pinned to the receiving side's core (d0 → DUT core,
+    /// the sink's device → load core) instead of softirq on the sending core.
+    /// `AFGATE_BENCH_NAPI=softirq` turns it off.
+    pub threaded_napi: bool,
 }
 
 impl Env {
@@ -123,6 +127,7 @@ impl Env {
             dut_core: core("AFGATE_BENCH_DUT_CORE", 0),
             max_pps: 30e6,
             engine: crate::xdpgen::pick_engine(),
+            threaded_napi: std::env::var("AFGATE_BENCH_NAPI").as_deref() != Ok("softirq"),
         })
     }
 }
@@ -311,6 +316,12 @@ pub fn start(env: &Env, lab: &BenchLab, dut: Dut, secs: f64) -> Result<Running> 
             );
         }
     }
+    // d0 has a NAPI once its XDP program is attached (by the DUT itself or xdp-pass); the
+    // kernel variant on the xsk engine has none and forwards via RPS instead.
+    let d0_xdp = dut != Dut::Wire && (dut != Dut::Kernel || env.engine == Engine::Xdp);
+    if env.threaded_napi && d0_xdp {
+        lab.pin_napi(&lab.dut, "d0", env.dut_core)?;
+    }
     Ok(r)
 }
 
@@ -379,6 +390,10 @@ pub fn trial(
         &load,
     ];
     let mut sink = spawn_ready(&lab.sink, &sink_argv).context("starting the sink")?;
+    if env.threaded_napi {
+        // The sink's XDP program (and so its device's NAPI) is new with every sink.
+        lab.pin_napi(&lab.sink, sink_dev, env.load_core)?;
+    }
     let path: Vec<(&Netns, &str)> = if dut == Dut::Wire {
         vec![(&lab.generator, "g1"), (&lab.sink, "s1")]
     } else {
