@@ -118,8 +118,17 @@ pub fn run(opts: &RunOptions) -> anyhow::Result<()> {
         );
         std::io::stdout().flush().ok();
     }
+    let many = cfg.services.len() >= 1000;
     let mut tables = cfg
-        .tables(&|dev| Ok((sys::device_mac(dev)?, sys::device_mtu(dev)?)))
+        .tables_with_progress(
+            &|dev| Ok((sys::device_mac(dev)?, sys::device_mtu(dev)?)),
+            &mut |done, total| {
+                if many {
+                    println!("afgate: building tables: {done}/{total} services");
+                    std::io::stdout().flush().ok();
+                }
+            },
+        )
         .with_context(|| format!("{}: reading the ports' devices", opts.config.display()))?;
     if cfg.services.len() >= 1000 {
         println!(

@@ -335,10 +335,22 @@ impl Config {
     /// The services and masquerade rules as the dataplane's table. Call on a validated
     /// config: conflicts were reported by [`Config::validate_services`].
     pub fn service_table(&self) -> ServiceTable {
+        self.service_table_with_progress(&mut |_, _| {})
+    }
+
+    /// [`Config::service_table`], calling `progress(built, total)` every 10,000 services.
+    pub fn service_table_with_progress(
+        &self,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> ServiceTable {
         let mut t = ServiceTable::new();
-        for s in &self.services {
+        let total = self.services.len();
+        for (i, s) in self.services.iter().enumerate() {
             // Validation rejected conflicts; nothing is left to fail here.
             let _ = t.upsert(s.spec());
+            if (i + 1) % 10_000 == 0 || i + 1 == total {
+                progress(i + 1, total);
+            }
         }
         t.masquerade = self
             .masquerade

@@ -520,6 +520,16 @@ impl Config {
     /// Builds the dataplane tables. `device` tells each port's MAC and MTU (from the
     /// system when running; made up by `check`).
     pub fn tables(&self, device: &DeviceFacts<'_>) -> std::io::Result<Tables> {
+        self.tables_with_progress(device, &mut |_, _| {})
+    }
+
+    /// [`Config::tables`], reporting (services built, services in total) as it goes, for
+    /// start-up output on nodes with many services.
+    pub fn tables_with_progress(
+        &self,
+        device: &DeviceFacts<'_>,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> std::io::Result<Tables> {
         let mut ports = Vec::with_capacity(self.ports.len());
         let mut tables = Tables::default();
         tables.fib = afgate_dataplane::tables::Fib::new();
@@ -576,7 +586,7 @@ impl Config {
             let net = r.dst.0.network();
             tables.fib.insert(net.address(), net.prefix_len(), nexthops);
         }
-        tables.services = self.service_table();
+        tables.services = self.service_table_with_progress(progress);
         Ok(tables)
     }
 
