@@ -93,15 +93,21 @@ impl BenchLab {
         .map(drop)
     }
 
-    /// Moves `dev`'s receive NAPI into its own SCHED_FIFO kthread (`napi/<dev>-<id>`) pinned to
-    /// `core`.
+    /// Moves `dev`'s receive NAPI into its own kthread (`napi/<dev>-<id>`) pinned to `core`,
+    /// SCHED_FIFO if `fifo`.
     /// On veth the receive work (XDP, devmap redirect, the copy into an AF_XDP socket, the
     /// stack) otherwise runs in softirq on the core that *sent* the frame, i.e. the
     /// generator's, so the forwarder under test would be measured on the load core. veth has
     /// a NAPI only while an XDP program is attached (or GRO is on), and drops it, with its
     /// kthread, when the program goes: call this after every attach. Returns the kthread's
     /// pid.
-    pub fn pin_napi(&self, ns: &Netns, dev: &str, core: usize) -> Result<i32> {
+    ///
+    /// `fifo` makes it preempt the processes on its core as a NIC's softirq would. Under
+    /// overload a FIFO kthread starves them (receive livelock, no ksoftirqd-style back-off):
+    /// right for the load side, whose spinning generator would otherwise share the core with
+    /// it and let the veth ring overflow; wrong for the DUT, where the forwarder must get its
+    /// share of the core to drain what the kthread copies into its socket.
+    pub fn pin_napi(&self, ns: &Netns, dev: &str, core: usize, fifo: bool) -> Result<i32> {
         let prefix = format!("napi/{dev}-");
         let path = format!("/sys/class/net/{dev}/threaded");
         // Restart the kthread so the new pid tells ours from another namespace's `dev`.
@@ -126,13 +132,14 @@ impl BenchLab {
             );
         };
         let (core_s, pid_s) = (core.to_string(), pid.to_string());
-        // SCHED_FIFO so the kthread preempts the busy-polling processes on its core as a
-        // NIC's softirq would; as a normal task, CFS would share the core with the spinning
-        // generator or forwarder and the veth ring would overflow in between.
-        for argv in [
-            ["taskset", "-pc", core_s.as_str(), pid_s.as_str()],
-            ["chrt", "-f", "-p", "50", pid_s.as_str()],
-        ] {
+        let taskset = ["taskset", "-pc", &core_s, &pid_s];
+        let chrt = ["chrt", "-f", "-p", "50", &pid_s];
+        let cmds: &[&[&str]] = if fifo {
+            &[&taskset, &chrt]
+        } else {
+            &[&taskset]
+        };
+        for argv in cmds {
             let out = std::process::Command::new(argv[0])
                 .args(&argv[1..])
                 .output()

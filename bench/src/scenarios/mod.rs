@@ -320,7 +320,7 @@ pub fn start(env: &Env, lab: &BenchLab, dut: Dut, secs: f64) -> Result<Running> 
     // kernel variant on the xsk engine has none and forwards via RPS instead.
     let d0_xdp = dut != Dut::Wire && (dut != Dut::Kernel || env.engine == Engine::Xdp);
     if env.threaded_napi && d0_xdp {
-        lab.pin_napi(&lab.dut, "d0", env.dut_core)?;
+        lab.pin_napi(&lab.dut, "d0", env.dut_core, false)?;
     }
     Ok(r)
 }
@@ -392,7 +392,7 @@ pub fn trial(
     let mut sink = spawn_ready(&lab.sink, &sink_argv).context("starting the sink")?;
     if env.threaded_napi {
         // The sink's XDP program (and so its device's NAPI) is new with every sink.
-        lab.pin_napi(&lab.sink, sink_dev, env.load_core)?;
+        lab.pin_napi(&lab.sink, sink_dev, env.load_core, true)?;
     }
     let path: Vec<(&Netns, &str)> = if dut == Dut::Wire {
         vec![(&lab.generator, "g1"), (&lab.sink, "s1")]
