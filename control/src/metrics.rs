@@ -289,44 +289,30 @@ pub fn render(ctl: &Control) -> String {
     for (e, n) in &s.events {
         let _ = writeln!(o, "afgate_events_total{{event=\"{e}\"}} {n}");
     }
-    header(
-        &mut o,
-        "afgate_worker_polls_total",
-        "Poll passes, per worker.",
-        "counter",
-    );
-    for w in &s.workers {
-        let _ = writeln!(
-            o,
-            "afgate_worker_polls_total{{worker=\"{}\"}} {}",
-            w.worker, w.polls
-        );
-    }
-    header(
-        &mut o,
-        "afgate_worker_busy_polls_total",
-        "Poll passes that moved frames, per worker.",
-        "counter",
-    );
-    for w in &s.workers {
-        let _ = writeln!(
-            o,
-            "afgate_worker_busy_polls_total{{worker=\"{}\"}} {}",
-            w.worker, w.busy_polls
-        );
-    }
-    header(
-        &mut o,
-        "afgate_worker_sleeps_total",
-        "Times a worker slept in poll(2).",
-        "counter",
-    );
-    for w in &s.workers {
-        let _ = writeln!(
-            o,
-            "afgate_worker_sleeps_total{{worker=\"{}\"}} {}",
-            w.worker, w.sleeps
-        );
+    // Per-worker poll counters: one family each, same shape.
+    type WorkerField = fn(&WorkerSnap) -> u64;
+    let per_worker: [(&str, &str, WorkerField); 3] = [
+        (
+            "afgate_worker_polls_total",
+            "Poll passes, per worker.",
+            |w| w.polls,
+        ),
+        (
+            "afgate_worker_busy_polls_total",
+            "Poll passes that moved frames, per worker.",
+            |w| w.busy_polls,
+        ),
+        (
+            "afgate_worker_sleeps_total",
+            "Times a worker slept in poll(2).",
+            |w| w.sleeps,
+        ),
+    ];
+    for (name, help, field) in per_worker {
+        header(&mut o, name, help, "counter");
+        for w in &s.workers {
+            let _ = writeln!(o, "{name}{{worker=\"{}\"}} {}", w.worker, field(w));
+        }
     }
     header(
         &mut o,

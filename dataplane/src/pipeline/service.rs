@@ -458,7 +458,6 @@ mod tests {
     use super::super::testing::*;
     use super::*;
     use crate::service::{Backend, ServiceSpec, ServiceTable, SnatTo};
-    use crate::tables::PortId;
     use crate::tables::ports::POD_GATEWAY;
     use crate::wire::{IcmpPacket, Ipv4Cidr, UdpPacket};
 
@@ -1216,6 +1215,5 @@ mod tests {
         assert_eq!(out.action, Action::Tx(BIZ));
         assert_eq!(addrs(&out.frame), (POD60_IP, 1000, EXT_IP, 53));
         assert_eq!(lab.shared.conntrack.count(), 0);
-        let _ = PortId(0);
     }
 }
