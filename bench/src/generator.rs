@@ -8,6 +8,7 @@
 //! check every flow's order without the generator keeping per-flow state.
 
 use crate::packet::{self, Template, TrafficSpec};
+use crate::sink::{SinkReport, Tally};
 use crate::xdpgen::Engine;
 use crate::xskio::{Port, monotonic_ns, pin};
 use afgate_dataplane::xsk::XdpDesc;
@@ -30,6 +31,10 @@ pub struct GenConfig {
     pub core: Option<usize>,
     /// The device's tx queue to send on.
     pub queue: u32,
+    /// Also receive on the same socket and account the stamped frames that come back (a
+    /// request/response trial: a reflector answers each request, the reply carries the
+    /// request's stamp, so the latency is the round trip).
+    pub responses: bool,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -49,13 +54,58 @@ pub struct GenReport {
     /// Which engine sent (`kicks_per_kpkt` counts its kernel calls for `xdp`).
     #[serde(default)]
     pub engine: Engine,
+    /// With `responses`: the replies, counted like the sink counts (latency = round trip).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub responses: Option<SinkReport>,
 }
 
 const FRAMES: u32 = 4096;
+/// With `responses`, this many of the UMEM's frames are kept for receiving: they never hold
+/// a template, so a reply written into one cannot corrupt a later request.
+const RX_FRAMES: usize = 2048;
+
+/// The receiving half of a request/response trial: frames of its own, circulated between
+/// the fill and rx rings without going through the transmit pool.
+struct Responses {
+    tally: Tally,
+    descs: Vec<XdpDesc>,
+    fill: Vec<u64>,
+    first: u64,
+    last: u64,
+}
+
+impl Responses {
+    /// Accounts what is on the rx ring and gives the frames back to the fill ring.
+    /// Returns the number of frames taken.
+    fn poll(&mut self, port: &mut Port) -> usize {
+        let n = port.xsk.rx.consume(&mut self.descs);
+        if n == 0 {
+            return 0;
+        }
+        let now = monotonic_ns();
+        for (i, d) in self.descs[..n].iter().enumerate() {
+            // SAFETY: the descriptor came off our rx ring; the frame is ours until it goes
+            // back on the fill ring below.
+            self.tally
+                .frame(unsafe { port.frame(d.addr, d.len as usize) }, now as u32);
+            self.fill[i] = port.umem.chunk_of(d.addr);
+        }
+        // Never short: exactly RX_FRAMES frames circulate, and the fill ring holds that many.
+        port.xsk.fill.produce(&self.fill[..n]);
+        if port.xsk.fill.needs_wakeup() {
+            port.xsk.kick_rx();
+        }
+        if self.first == 0 {
+            self.first = now;
+        }
+        self.last = now;
+        n
+    }
+}
 
 pub fn run(cfg: &GenConfig, stop: &AtomicBool) -> Result<GenReport> {
     pin(cfg.core);
-    let mut port = Port::open_queue(&cfg.dev, cfg.queue, false, FRAMES, 2048)?;
+    let mut port = Port::open_queue(&cfg.dev, cfg.queue, cfg.responses, FRAMES, 2048)?;
     let Template { bytes, layout } = packet::build(&cfg.spec);
     let len = bytes.len();
     // Every frame gets the template once, up front.
@@ -68,9 +118,29 @@ pub fn run(cfg: &GenConfig, stop: &AtomicBool) -> Result<GenReport> {
         };
         f.copy_from_slice(&bytes);
     }
-    for &a in &all[..n] {
+    let keep = if cfg.responses {
+        RX_FRAMES.min(n / 2)
+    } else {
+        0
+    };
+    for &a in &all[keep..n] {
         port.pool.free(a);
     }
+    let mut responses = if cfg.responses {
+        let put = port.xsk.fill.produce(&all[..keep]);
+        if put < keep {
+            bail!("fill ring took {put} of {keep} frames");
+        }
+        Some(Responses {
+            tally: Tally::new(cfg.spec.flows)?,
+            descs: vec![XdpDesc::default(); 64],
+            fill: vec![0u64; 64],
+            first: 0,
+            last: 0,
+        })
+    } else {
+        None
+    };
 
     let flows = cfg.spec.flows.max(1);
     let batch = cfg.batch.clamp(1, 256);
@@ -96,6 +166,9 @@ pub fn run(cfg: &GenConfig, stop: &AtomicBool) -> Result<GenReport> {
         if now >= deadline {
             break;
         }
+        if let Some(r) = responses.as_mut() {
+            r.poll(&mut port);
+        }
         let c = port.xsk.comp.consume(&mut comp);
         for &a in &comp[..c] {
             port.pool.free(a);
@@ -115,7 +188,13 @@ pub fn run(cfg: &GenConfig, stop: &AtomicBool) -> Result<GenReport> {
                     // only let it run at scheduler ticks, adding milliseconds to the very
                     // latency it measures. Sleep through long waits, yield through short.
                     if wait > 100e-6 {
-                        std::thread::sleep(Duration::from_secs_f64(wait - 50e-6));
+                        let nap = Duration::from_secs_f64(wait - 50e-6);
+                        // A reply arriving during the nap would wait for its end and
+                        // count the nap as round-trip time: wake on it instead.
+                        match responses.as_ref() {
+                            Some(_) => port.wait_rx_for(nap),
+                            None => std::thread::sleep(nap),
+                        }
                     } else {
                         std::thread::yield_now();
                     }
@@ -175,6 +254,25 @@ pub fn run(cfg: &GenConfig, stop: &AtomicBool) -> Result<GenReport> {
         }
     }
     let secs = start.elapsed().as_secs_f64();
+    // Replies still in flight: until 300 ms pass without one (at most 2 s).
+    let responses = responses.map(|mut r| {
+        let until = Instant::now() + Duration::from_secs(2);
+        let mut quiet = Instant::now();
+        while Instant::now() < until && quiet.elapsed() < Duration::from_millis(300) {
+            if r.poll(&mut port) > 0 {
+                quiet = Instant::now();
+            } else {
+                port.wait_rx(10);
+            }
+        }
+        let mut rep = r.tally.finish(r.first, r.last);
+        if let Some(st) = port.xsk.kernel_stats() {
+            rep.xsk_rx_dropped = st.rx_dropped();
+            rep.xsk_rx_ring_full = st.rx_ring_full();
+            rep.xsk_fill_empty = st.rx_fill_ring_empty_descs();
+        }
+        rep
+    });
     let stats = port.xsk.kernel_stats();
     Ok(GenReport {
         sent: completed,
@@ -186,6 +284,7 @@ pub fn run(cfg: &GenConfig, stop: &AtomicBool) -> Result<GenReport> {
         tx_invalid: stats.map(|s| s.tx_invalid_descs()).unwrap_or(0),
         kicks_per_kpkt: kicks as f64 * 1000.0 / (completed.max(1) as f64),
         engine: Engine::Xsk,
+        responses,
     })
 }
 

@@ -5,6 +5,7 @@
 //! - [`packet`]: frame templates and the per-packet stamp (flow, sequence, timestamp).
 //! - [`generator`], [`sink`]: the two ends of every measurement (`afgate-bench gen|sink`);
 //!   [`xdpgen`]: the faster in-kernel generator engine (`gen --engine xdp`).
+//! - [`reflect`]: the server side of request/response trials (`afgate-bench reflect`).
 //! - [`fwd`]: `afgate-xskfwd`, rx→tx with a MAC rewrite and nothing else.
 //! - [`topo`]: the gen — DUT — sink lab; [`scenarios`]: what is measured; [`report`].
 //! - [`micro`]: per-stage ns/packet and (under callgrind) instructions/packet.
@@ -14,6 +15,7 @@ pub mod fwd;
 pub mod generator;
 pub mod micro;
 pub mod packet;
+pub mod reflect;
 pub mod report;
 pub mod runner;
 pub mod scenarios;

@@ -69,6 +69,16 @@ enum Cmd {
         #[arg(long)]
         busy: bool,
     },
+    /// Answer every IPv4 UDP/TCP frame on DEV by sending it back, addresses and ports
+    /// swapped (the server of request/response trials), until SIGINT or the deadline.
+    Reflect {
+        #[arg(long)]
+        dev: String,
+        #[arg(long, default_value_t = 60.0)]
+        duration: f64,
+        #[arg(long)]
+        core: Option<usize>,
+    },
     /// Hold an XDP_PASS program on DEV (so a veth accepts XDP-transmitted frames from its
     /// peer) until SIGINT or the deadline.
     XdpPass {
@@ -138,6 +148,9 @@ struct GenArgs {
     /// Tx queue of `dev` to send on (a veth delivers to the peer's rx queue of that index).
     #[arg(long, default_value_t = 0)]
     queue: u32,
+    /// Also receive on the socket and report the replies (request/response; xsk engine).
+    #[arg(long)]
+    responses: bool,
 }
 
 fn parse_vxlan(s: &str) -> Result<VxlanSpec> {
@@ -205,6 +218,10 @@ fn main() -> ExitCode {
                 vlan: a.vlan,
                 vxlan: a.vxlan.as_deref().map(parse_vxlan).transpose()?,
             };
+            anyhow::ensure!(
+                !a.responses || a.engine == Engine::Xsk,
+                "--responses needs the xsk engine"
+            );
             let stop = stop_flag()?;
             let run = match a.engine {
                 Engine::Xsk => generator::run,
@@ -220,6 +237,7 @@ fn main() -> ExitCode {
                     batch: a.batch,
                     core: a.core,
                     queue: a.queue,
+                    responses: a.responses,
                 },
                 &stop,
             )?;
@@ -244,6 +262,23 @@ fn main() -> ExitCode {
                     idle_ms,
                     core,
                     busy,
+                },
+                &stop,
+                ready,
+            )?;
+            report(&r)
+        }
+        Cmd::Reflect {
+            dev,
+            duration,
+            core,
+        } => {
+            let stop = stop_flag()?;
+            let r = afgate_bench::reflect::run(
+                &afgate_bench::reflect::ReflectConfig {
+                    dev,
+                    duration,
+                    core,
                 },
                 &stop,
                 ready,

@@ -26,6 +26,9 @@ pub const SCENARIOS: &[&str] = &[
     scenarios::services::NAME,
     scenarios::vxlan::NAME,
     scenarios::workers::NAME,
+    scenarios::dns::NAME,
+    scenarios::fullpath::NAME,
+    scenarios::conntrack::NAME,
 ];
 
 fn cmd_out(argv: &[&str]) -> String {
@@ -69,8 +72,14 @@ pub fn run(opts: &RunOptions) -> Result<Report> {
                 "full".into()
             },
             pinning: format!(
-                "generator and sink on core {}; the forwarder under test (afgate's worker, afgate-xskfwd, the kernel's forwarding via RPS on d0) on core {}. The veth receive work (XDP on d0, the devmap redirect) runs in softirq on the core that sends, i.e. the generator's.",
-                env.load_core, env.dut_core
+                "generator and sink on core {}; the forwarder under test (afgate's worker, afgate-xskfwd, the kernel's forwarding via RPS on d0) on core {}. {}",
+                env.load_core,
+                env.dut_core,
+                if env.threaded_napi {
+                    "veth receive NAPI in pinned kthreads: d0's on the DUT core (normal priority), the sink device's on the load core (SCHED_FIFO 50); devices without an XDP program keep softirq on the sending core."
+                } else {
+                    "veth receive work (XDP on d0, the devmap redirect) runs in softirq on the core that sends, i.e. the generator's (AFGATE_BENCH_NAPI=softirq)."
+                }
             ),
             command: std::env::args().collect::<Vec<_>>().join(" "),
         },
@@ -83,9 +92,14 @@ pub fn run(opts: &RunOptions) -> Result<Report> {
             "flows" => scenarios::flows::run(&env, &lab, opts.quick || opts.smoke, &progress),
             "clusterip" => scenarios::clusterip::run(&env, &lab, opts.flows, &progress),
             "newconn" => scenarios::newconn::run(&env, &lab, opts.quick || opts.smoke, &progress),
-            "services" => scenarios::services::run(&env, &lab, &progress),
+            "services" => scenarios::services::run(&env, &lab, opts.quick || opts.smoke, &progress),
             "vxlan" => scenarios::vxlan::run(&env, &lab, opts.flows, &progress),
             "workers" => scenarios::workers::run(&env, opts.flows, &progress),
+            "dns" => scenarios::dns::run(&env, &lab, opts.flows, &progress),
+            "fullpath" => scenarios::fullpath::run(&env, &lab, opts.flows, &progress),
+            "conntrack" => {
+                scenarios::conntrack::run(&env, &lab, opts.quick || opts.smoke, &progress)
+            }
             _ => unreachable!("checked above"),
         };
         match res {

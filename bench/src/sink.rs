@@ -91,14 +91,72 @@ pub struct SinkReport {
 const FRAMES: u32 = 65536;
 const RING: u32 = 16384;
 
+/// Per-flow accounting of stamped frames: loss (sequence gaps), reordering and latency.
+/// Shared by the sink and the generator's response receiver (`gen --responses`).
+pub struct Tally {
+    /// Next expected sequence per flow; u32::MAX marks "never seen".
+    next: Vec<u32>,
+    hist: Histogram<u64>,
+    pub rep: SinkReport,
+}
+
+impl Tally {
+    pub fn new(flows: u32) -> Result<Tally> {
+        Ok(Tally {
+            next: vec![u32::MAX; flows.max(1) as usize],
+            hist: Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)?,
+            rep: SinkReport::default(),
+        })
+    }
+
+    /// Accounts one frame received at `now32` (low 32 bits of [`monotonic_ns`]).
+    #[inline]
+    pub fn frame(&mut self, frame: Option<&mut [u8]>, now32: u32) {
+        let Some(s) = frame.and_then(|f| packet::parse(f)) else {
+            self.rep.other += 1;
+            return;
+        };
+        let Some(exp) = self.next.get_mut(s.flow as usize) else {
+            self.rep.other += 1;
+            return;
+        };
+        let rep = &mut self.rep;
+        rep.received += 1;
+        if *exp == u32::MAX {
+            rep.flows_seen += 1;
+            rep.gaps += u64::from(s.seq);
+            *exp = s.seq.wrapping_add(1);
+        } else if s.seq >= *exp {
+            rep.gaps += u64::from(s.seq - *exp);
+            *exp = s.seq.wrapping_add(1);
+        } else {
+            rep.reordered += 1;
+            rep.gaps = rep.gaps.saturating_sub(1);
+        }
+        // A stamp from the future (clock read before the frame was patched on another
+        // core) counts as 0 ns rather than 4 s.
+        let lat = now32.wrapping_sub(s.ts);
+        let lat = if lat > u32::MAX / 2 { 0 } else { lat };
+        let _ = self.hist.record(u64::from(lat).max(1));
+    }
+
+    /// The report, with `rx_secs`/`rx_pps` from the first and last receive times (ns).
+    pub fn finish(mut self, first: u64, last: u64) -> SinkReport {
+        self.rep.rx_secs = last.saturating_sub(first) as f64 / 1e9;
+        self.rep.rx_pps = if self.rep.rx_secs > 0.0 {
+            self.rep.received as f64 / self.rep.rx_secs
+        } else {
+            0.0
+        };
+        self.rep.latency = Latency::from_hist(&self.hist);
+        self.rep
+    }
+}
+
 pub fn run(cfg: &SinkConfig, stop: &AtomicBool, ready: impl FnOnce()) -> Result<SinkReport> {
     pin(cfg.core);
     let mut port = Port::open(&cfg.dev, true, FRAMES, RING)?;
-    let flows = cfg.flows.max(1) as usize;
-    // Next expected sequence per flow; u32::MAX marks "never seen".
-    let mut next: Vec<u32> = vec![u32::MAX; flows];
-    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)?;
-    let mut rep = SinkReport::default();
+    let mut tally = Tally::new(cfg.flows)?;
     let mut rx = vec![XdpDesc::default(); 64];
     let mut scratch = vec![0u64; 1024];
     port.refill(&mut scratch);
@@ -119,7 +177,7 @@ pub fn run(cfg: &SinkConfig, stop: &AtomicBool, ready: impl FnOnce()) -> Result<
                     break;
                 }
                 if cfg.idle_ms > 0
-                    && rep.received > 0
+                    && tally.rep.received > 0
                     && now.duration_since(last_rx) >= Duration::from_millis(cfg.idle_ms)
                 {
                     break;
@@ -135,40 +193,13 @@ pub fn run(cfg: &SinkConfig, stop: &AtomicBool, ready: impl FnOnce()) -> Result<
         }
         idle = 0;
         let now_ns = monotonic_ns();
-        let now32 = now_ns as u32;
         for d in &rx[..n] {
             // SAFETY: the descriptor came off our rx ring; the frame is ours until it goes
             // back on the fill ring below.
-            let stamp =
-                unsafe { port.frame(d.addr, d.len as usize) }.and_then(|f| packet::parse(f));
+            tally.frame(unsafe { port.frame(d.addr, d.len as usize) }, now_ns as u32);
             port.pool.free(d.addr);
-            let Some(s) = stamp else {
-                rep.other += 1;
-                continue;
-            };
-            let Some(exp) = next.get_mut(s.flow as usize) else {
-                rep.other += 1;
-                continue;
-            };
-            rep.received += 1;
-            if *exp == u32::MAX {
-                rep.flows_seen += 1;
-                rep.gaps += u64::from(s.seq);
-                *exp = s.seq.wrapping_add(1);
-            } else if s.seq >= *exp {
-                rep.gaps += u64::from(s.seq - *exp);
-                *exp = s.seq.wrapping_add(1);
-            } else {
-                rep.reordered += 1;
-                rep.gaps = rep.gaps.saturating_sub(1);
-            }
-            // A stamp from the future (clock read before the frame was patched on another
-            // core) counts as 0 ns rather than 4 s.
-            let lat = now32.wrapping_sub(s.ts);
-            let lat = if lat > u32::MAX / 2 { 0 } else { lat };
-            let _ = hist.record(u64::from(lat).max(1));
         }
-        if rep.received > 0 {
+        if tally.rep.received > 0 {
             if first == 0 {
                 first = now_ns;
             }
@@ -176,21 +207,15 @@ pub fn run(cfg: &SinkConfig, stop: &AtomicBool, ready: impl FnOnce()) -> Result<
             last_rx = Instant::now();
         }
         port.refill(&mut scratch);
-        if rep.received >= cfg.count && cfg.count > 0 {
+        if tally.rep.received >= cfg.count && cfg.count > 0 {
             break;
         }
     }
-    rep.rx_secs = last.saturating_sub(first) as f64 / 1e9;
-    rep.rx_pps = if rep.rx_secs > 0.0 {
-        rep.received as f64 / rep.rx_secs
-    } else {
-        0.0
-    };
+    let mut rep = tally.finish(first, last);
     if let Some(st) = port.xsk.kernel_stats() {
         rep.xsk_rx_dropped = st.rx_dropped();
         rep.xsk_rx_ring_full = st.rx_ring_full();
         rep.xsk_fill_empty = st.rx_fill_ring_empty_descs();
     }
-    rep.latency = Latency::from_hist(&hist);
     Ok(rep)
 }

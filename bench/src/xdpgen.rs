@@ -114,6 +114,7 @@ pub fn run(cfg: &GenConfig, stop: &AtomicBool) -> Result<GenReport> {
     }
     let secs = start.elapsed().as_secs_f64();
     Ok(GenReport {
+        responses: None,
         sent,
         secs,
         offered_pps: sent as f64 / secs.max(1e-9),

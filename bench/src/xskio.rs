@@ -149,6 +149,24 @@ impl Port {
     }
 }
 
+impl Port {
+    /// Sleeps in ppoll(2) until the socket has something to read, up to `d` (µs precision,
+    /// where poll(2) would round to milliseconds).
+    pub fn wait_rx_for(&self, d: std::time::Duration) {
+        let mut fd = libc::pollfd {
+            fd: self.xsk.fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let ts = libc::timespec {
+            tv_sec: d.as_secs() as libc::time_t,
+            tv_nsec: libc::c_long::from(d.subsec_nanos() as i32),
+        };
+        // SAFETY: one initialised pollfd and a timespec on our stack; no signal mask.
+        unsafe { libc::ppoll(&mut fd, 1, &ts, std::ptr::null()) };
+    }
+}
+
 /// SIGINT/SIGTERM set this; every loop also has its own packet and time bounds.
 pub fn stop_flag() -> Result<std::sync::Arc<std::sync::atomic::AtomicBool>> {
     let f = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));

@@ -407,15 +407,90 @@ pub struct PortSteering {
     mode: XdpMode,
     replaced_stale: bool,
     attached: bool,
+    /// The XSKMAP of the program a takeover will replace ([`Self::adopt_attached_xsks`]):
+    /// sockets registered there carry traffic before our own program is installed.
+    predecessor_xsks: Option<MapHandle>,
 }
 
 impl PortSteering {
     /// Load an instance for `ifname`, remove any XDP program already on it
     /// (any mode: a stale one from a crashed run) and attach in `mode`.
     pub fn attach(ifname: &str, cfg: &SteerConfig, mode: ModeRequest) -> Result<Self, Error> {
+        let mut s = Self::load(ifname, cfg)?;
+        s.install(mode)?;
+        Ok(s)
+    }
+
+    /// Load an instance for `ifname` without attaching it yet: a restart registers its
+    /// sockets in the new XSKMAP first and then [`Self::install`]s, so the program it
+    /// replaces is swapped for one that already has its sockets (and the slow program load
+    /// happens before the old process lets go of the queues).
+    pub fn load(ifname: &str, cfg: &SteerConfig) -> Result<Self, Error> {
         let idx = ifindex(ifname)?;
         let prog = SteerProgram::load_labelled(ifname, cfg)?;
+        Ok(PortSteering {
+            prog,
+            ifname: ifname.to_owned(),
+            ifindex: idx,
+            mode: XdpMode::Native,
+            replaced_stale: false,
+            attached: false,
+            predecessor_xsks: None,
+        })
+    }
+
+    /// Finds the `xsks` map of the `afgate_steer` instance attached to the device now (a
+    /// predecessor's), so that [`Self::register_xsk`] also registers there: a takeover's
+    /// sockets then receive as soon as they are registered (one map update per queue),
+    /// and installing our own program (whose map holds the same sockets) happens after
+    /// the gap. Returns whether one was found. Slow (walks the kernel's programs): call it
+    /// before the predecessor lets go of the queues.
+    pub fn adopt_attached_xsks(&mut self) -> Result<bool, Error> {
+        let op = "find the attached program's xsks map";
+        let a = xdp::query(&self.ifname, self.ifindex)?;
+        let id = if a.drv != 0 { a.drv } else { a.skb };
+        if id == 0 {
+            return Ok(false);
+        }
+        let opts = libbpf_rs::query::ProgInfoQueryOptions::default().include_map_ids(true);
+        let Some(info) = libbpf_rs::query::ProgInfoIter::with_query_opts(opts).find(|p| p.id == id)
+        else {
+            return Ok(false);
+        };
+        for map_id in info.map_ids {
+            let m = MapHandle::from_map_id(map_id).map_err(Error::bpf(&self.ifname, op))?;
+            if m.map_type() == libbpf_rs::MapType::Xskmap && m.name() == "xsks" {
+                self.predecessor_xsks = Some(m);
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// Attach a [`Self::load`]ed instance in `mode`, removing any XDP program already on
+    /// the device (any mode: a stale one from a crashed run, or a predecessor's).
+    pub fn install(&mut self, mode: ModeRequest) -> Result<(), Error> {
+        // Ours replaces the predecessor's program; its map is no longer needed.
+        self.predecessor_xsks = None;
+        let (ifname, idx) = (self.ifname.as_str(), self.ifindex);
         let stale = xdp::query(ifname, idx)?;
+        // One program in a mode we may use (a predecessor's, or a crashed run's): swap it.
+        let in_place = match (mode, stale.drv != 0, stale.skb != 0, stale.hw != 0) {
+            (ModeRequest::Native | ModeRequest::Auto, true, false, false) => Some(XdpMode::Native),
+            (ModeRequest::Skb | ModeRequest::Auto, false, true, false) => Some(XdpMode::Skb),
+            _ => None,
+        };
+        if let Some(m) = in_place {
+            xdp::replace(ifname, idx, self.prog.prog.as_fd(), m)?;
+            eprintln!(
+                "afgate-bpf: {ifname}: replaced XDP program id {} in place",
+                stale.drv.max(stale.skb)
+            );
+            self.mode = m;
+            self.replaced_stale = true;
+            self.attached = true;
+            return Ok(());
+        }
         let replaced_stale = xdp::detach_all(ifname, idx)?;
         if replaced_stale {
             eprintln!(
@@ -424,15 +499,10 @@ impl PortSteering {
                 stale.drv, stale.skb, stale.hw
             );
         }
-        let mode = xdp::attach(ifname, idx, prog.prog.as_fd(), mode)?;
-        Ok(PortSteering {
-            prog,
-            ifname: ifname.to_owned(),
-            ifindex: idx,
-            mode,
-            replaced_stale,
-            attached: true,
-        })
+        self.mode = xdp::attach(ifname, idx, self.prog.prog.as_fd(), mode)?;
+        self.replaced_stale = replaced_stale;
+        self.attached = true;
+        Ok(())
     }
 
     pub fn mode(&self) -> XdpMode {
@@ -456,9 +526,21 @@ impl PortSteering {
     pub fn program(&self) -> &SteerProgram {
         &self.prog
     }
-    /// See [`SteerProgram::register_xsk`].
+    /// See [`SteerProgram::register_xsk`]; also in the predecessor's map, if adopted.
     pub fn register_xsk(&self, queue: u32, xsk_fd: RawFd) -> Result<(), Error> {
-        self.prog.register_xsk(queue, xsk_fd)
+        self.prog.register_xsk(queue, xsk_fd)?;
+        if let Some(m) = &self.predecessor_xsks {
+            let fd = u32::try_from(xsk_fd).map_err(|_| {
+                self.prog
+                    .invalid("register xsk", format!("bad fd {xsk_fd}"))
+            })?;
+            m.update(&queue.to_ne_bytes(), &fd.to_ne_bytes(), MapFlags::ANY)
+                .map_err(Error::bpf(
+                    &self.ifname,
+                    "register xsk in the predecessor's map",
+                ))?;
+        }
+        Ok(())
     }
     /// See [`SteerProgram::unregister_xsk`].
     pub fn unregister_xsk(&self, queue: u32) -> Result<(), Error> {

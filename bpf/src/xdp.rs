@@ -185,6 +185,22 @@ pub(crate) fn attach(
     }
 }
 
+/// Put `prog` in the place of the program attached to `ifindex` in `mode`, in one netlink
+/// request: the device never runs without a program (no fail-open moment), and the driver
+/// keeps its XDP set-up (veth re-creates its NAPI state when XDP goes off and on, which takes
+/// tens of milliseconds).
+pub(crate) fn replace(
+    dev: &str,
+    ifindex: u32,
+    prog: BorrowedFd<'_>,
+    mode: XdpMode,
+) -> Result<(), Error> {
+    let idx = as_c_ifindex(dev, ifindex)?;
+    Xdp::new(prog)
+        .attach(idx, mode.flags())
+        .map_err(Error::bpf(dev, "replace XDP program"))
+}
+
 /// Detach `prog` from `ifindex` only if it is still the one attached in
 /// `mode` (`XDP_FLAGS_REPLACE` with `prog` as the expected program). Returns
 /// `Ok(false)` when it is no longer there (replaced by someone else, device

@@ -7,6 +7,7 @@ pub mod config;
 pub mod ctl;
 #[doc(hidden)]
 pub mod fuzz;
+pub mod handover;
 pub mod k8s;
 pub mod metrics;
 pub mod neigh_ctl;

@@ -35,6 +35,10 @@ enum Cmd {
         /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9469).
         #[arg(long, value_name = "ADDR")]
         metrics: Option<std::net::SocketAddr>,
+        /// Take over from the afgate running with this configuration, keeping its flows
+        /// (needs restart.state); fail if none runs. Without it, one found is taken over.
+        #[arg(long)]
+        takeover: bool,
     },
     /// Talk to the running afgate: routes, neighbours, stats, services, conntrack.
     Ctl(afgate::ctl::CtlArgs),
@@ -67,12 +71,14 @@ fn main() -> ExitCode {
             duration,
             api,
             metrics,
+            takeover,
         } => match run(&RunOptions {
             config,
             stats_interval: stats,
             duration,
             api,
             metrics,
+            takeover,
         }) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

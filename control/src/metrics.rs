@@ -70,6 +70,10 @@ pub struct WorkerSnap {
     pub latency: LatencySnap,
     /// The newest table generation this worker forwarded with.
     pub generation_used: u64,
+    /// Frames in the worker's free stack after its last pass: idle, the same before and
+    /// after any traffic unless frames leaked (docs/reliability.md).
+    #[serde(default)]
+    pub free_frames: u64,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -152,6 +156,7 @@ pub fn snapshot(ctl: &Control) -> Snapshot {
             polls,
             busy_polls: busy,
             sleeps: w.sleeps.get(),
+            free_frames: w.free_frames.load(std::sync::atomic::Ordering::Relaxed),
             latency: ctl
                 .obs
                 .get(i)

@@ -63,6 +63,12 @@ pub fn unchangeable(running: &Config, new: &Config) -> Vec<(String, String)> {
             "the conntrack table's size and timeouts are fixed while running; restart to change them".into(),
         ));
     }
+    if running.restart != new.restart {
+        v.push((
+            "restart".into(),
+            "the conntrack segment and handover socket are fixed while running; restart to change them".into(),
+        ));
+    }
     if running.passthrough != new.passthrough {
         v.push((
             "passthrough".into(),

@@ -29,6 +29,9 @@ pub struct RunOptions {
     pub api: Option<PathBuf>,
     /// The metrics listener; overrides the config's `api.metrics_addr`.
     pub metrics: Option<std::net::SocketAddr>,
+    /// Require a running afgate to take over from (`crate::handover`); without it, one is
+    /// taken over if found.
+    pub takeover: bool,
 }
 
 /// Neighbour cache size: ample for a node's pods and gateways.
@@ -91,6 +94,8 @@ pub fn runtime_config(cfg: &Config) -> RuntimeConfig {
             tx: w.ring_size,
         },
         bind,
+        epoch: None,
+        takeover: false,
     }
 }
 
@@ -160,7 +165,13 @@ pub fn run(opts: &RunOptions) -> anyhow::Result<()> {
         })
         .collect();
     let mut last_carrier_poll = Instant::now();
-    let shared = Shared::with_conntrack(NEIGH_CAPACITY, cfg.conntrack.config());
+    let api_path = opts
+        .api
+        .clone()
+        .or_else(|| cfg.api.socket.clone())
+        .unwrap_or_else(|| PathBuf::from(crate::api::DEFAULT_SOCKET));
+    let mut restart = crate::handover::Startup::prepare(&cfg, &api_path, opts.takeover)?;
+    let shared = Shared::with_conntrack_table(NEIGH_CAPACITY, restart.take_conntrack());
     let lc_services = cfg
         .services
         .iter()
@@ -174,19 +185,20 @@ pub fn run(opts: &RunOptions) -> anyhow::Result<()> {
     for (spec, port) in rcfg.ports.iter_mut().zip(tables.ports.iter()) {
         spec.steer.own_mac = port.mac;
     }
+    rcfg.epoch = restart.epoch();
+    rcfg.takeover = restart.is_takeover();
     let nworkers = rcfg.workers.len();
     let poll = cfg.workers.poll;
-    let api_path = opts
-        .api
-        .clone()
-        .or_else(|| cfg.api.socket.clone())
-        .unwrap_or_else(|| PathBuf::from(crate::api::DEFAULT_SOCKET));
     let metrics_addr = opts.metrics.or(cfg.api.metrics_addr);
     // Bound before the ports are taken over, so a busy socket or address fails start-up
     // with nothing attached.
+    // Programs loaded and UMEMs made before a predecessor lets go of the queues.
+    let prepared = Runtime::prepare(rcfg, tables, shared)?;
+    // A predecessor stops forwarding and closes its API here: the forwarding gap starts.
+    restart.release()?;
     let listener = crate::api::bind(&api_path)?;
     let metrics_listener = metrics_addr.map(crate::metrics::bind).transpose()?;
-    let rt = match Runtime::start(rcfg, tables, shared) {
+    let rt = match prepared.start() {
         Ok(rt) => rt,
         Err(e) => {
             // Nothing will serve the socket: do not leave it behind.
@@ -251,6 +263,7 @@ pub fn run(opts: &RunOptions) -> anyhow::Result<()> {
     if let Some(a) = metrics_addr {
         println!("afgate: metrics http://{a}/metrics");
     }
+    let handover = restart.started()?;
     println!("afgate: ready");
     std::io::stdout().flush().ok();
     // Gratuitous ARP for the node's addresses now that workers run; aging from here on.
@@ -265,8 +278,13 @@ pub fn run(opts: &RunOptions) -> anyhow::Result<()> {
         Instant::now(),
         stats::collect(&rt.counters, &rt.tables.load()),
     );
+    let mut successor = None;
     while !term.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(50));
+        if let Some(s) = handover.as_ref().and_then(|h| h.poll()) {
+            successor = Some(s);
+            break;
+        }
         if !bond_members.is_empty() && last_carrier_poll.elapsed() >= BOND_POLL {
             last_carrier_poll = Instant::now();
             // Under the API's lock: a carrier change and an API change must not both
@@ -298,6 +316,14 @@ pub fn run(opts: &RunOptions) -> anyhow::Result<()> {
             last = (Instant::now(), now);
         }
     }
+    if let Some(s) = successor {
+        // Closed now, so the successor can bind the path as soon as it forwards.
+        drop(handover);
+        return hand_over(s, rt, ctl, api_stop, api_threads, &api_path, metrics_addr);
+    }
+    if let Some(h) = &handover {
+        let _ = std::fs::remove_file(h.path());
+    }
     let mut final_stats = stats::collect(&rt.counters, &rt.tables.load());
     final_stats.conntrack = rt.shared.conntrack.stats().into();
     println!(
@@ -323,6 +349,56 @@ pub fn run(opts: &RunOptions) -> anyhow::Result<()> {
         "afgate: stopped; detached XDP from {} of {nports} port(s)",
         nports - errors.len()
     );
+    Ok(())
+}
+
+/// The old process's side of a handover: stop serving the API and forwarding, tell the
+/// successor, and exit without detaching XDP or touching the sockets' paths (both are the
+/// successor's now). The conntrack segment stays; the successor maps it.
+fn hand_over(
+    mut successor: crate::handover::Successor,
+    mut rt: Runtime,
+    ctl: Arc<crate::api::Control>,
+    api_stop: Arc<AtomicBool>,
+    api_threads: Vec<std::thread::JoinHandle<()>>,
+    api_path: &std::path::Path,
+    metrics_addr: Option<std::net::SocketAddr>,
+) -> anyhow::Result<()> {
+    println!("afgate: handing over to a new afgate");
+    api_stop.store(true, Ordering::Relaxed);
+    crate::api::wake(api_path);
+    if let Some(a) = metrics_addr {
+        crate::metrics::wake(a);
+    }
+    for t in api_threads {
+        let _ = t.join();
+    }
+    drop(ctl);
+    eprintln!("TDBG old stop-begin {:?}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_micros() % 100_000_000);
+    rt.stop_workers();
+    eprintln!("TDBG old joined {:?}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_micros() % 100_000_000);
+    successor.released()?;
+    let mut final_stats = stats::collect(&rt.counters, &rt.tables.load());
+    final_stats.conntrack = rt.shared.conntrack.stats().into();
+    println!(
+        "afgate: final-stats {}",
+        serde_json::to_string(&final_stats)?
+    );
+    std::io::stdout().flush().ok();
+    if successor.wait_done() {
+        // Our programs were replaced by the successor's: stop() detaches only its own.
+        let _ = rt.stop();
+        println!(
+            "afgate: handed over; exiting with XDP and conntrack state left to the new afgate"
+        );
+    } else {
+        let nports = rt.attached.len();
+        let errors = rt.stop();
+        println!(
+            "afgate: the new afgate did not take over; detached XDP from {} of {nports} port(s) (fail-open)",
+            nports - errors.len()
+        );
+    }
     Ok(())
 }
 

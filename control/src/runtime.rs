@@ -32,6 +32,13 @@ pub struct RuntimeConfig {
     pub layout: UmemLayout,
     pub rings: RingSizes,
     pub bind: BindMode,
+    /// The dataplane clock's zero; `None`: now. A shared conntrack segment has its own
+    /// (`conntrack::Segment::epoch`), so that flow timestamps mean the same in every process.
+    pub epoch: Option<Instant>,
+    /// Taking over from a predecessor (`crate::handover`): bind while its sockets are
+    /// still being released (a queue stays busy briefly after they close), and attach the
+    /// programs only once the new sockets are registered.
+    pub takeover: bool,
 }
 
 /// What start-up attached, for the start-up report.
@@ -91,45 +98,173 @@ impl Runtime {
         tables: Tables,
         shared: Shared,
     ) -> Result<Runtime, RuntimeError> {
+        Runtime::prepare(cfg, tables, shared)?.start()
+    }
+
+    /// The slow half of start-up, which touches no port's traffic: load the steering
+    /// programs (not attached) and create the UMEMs. A takeover does this before asking its
+    /// predecessor to let go of the queues.
+    pub fn prepare(
+        cfg: RuntimeConfig,
+        tables: Tables,
+        shared: Shared,
+    ) -> Result<Prepared, RuntimeError> {
         if cfg.workers.is_empty() {
             return Err(RuntimeError::NoWorkers);
         }
         let mut steering = Vec::with_capacity(cfg.ports.len());
-        let mut attached = Vec::with_capacity(cfg.ports.len());
         for p in &cfg.ports {
-            let s = PortSteering::attach(&p.device, &p.steer, p.xdp_mode).map_err(|source| {
-                RuntimeError::Attach {
+            let s =
+                PortSteering::load(&p.device, &p.steer).map_err(|source| RuntimeError::Attach {
                     port: p.name.clone(),
                     device: p.device.clone(),
                     source,
+                })?;
+            steering.push(s);
+        }
+        if cfg.takeover {
+            for (s, p) in steering.iter_mut().zip(&cfg.ports) {
+                match s.adopt_attached_xsks() {
+                    Ok(true) => {}
+                    Ok(false) => eprintln!(
+                        "afgate: port {}: no predecessor program on {}; frames reach the kernel until ours is attached",
+                        p.name, p.device
+                    ),
+                    Err(e) => eprintln!("afgate: port {}: {e}", p.name),
                 }
-            })?;
-            attached.push(Attached {
+            }
+        }
+        let umems = (0..cfg.workers.len())
+            .map(|w| {
+                Umem::new(cfg.layout).map_err(|source| RuntimeError::Xsk { worker: w, source })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Prepared {
+            cfg,
+            tables,
+            shared,
+            steering,
+            umems,
+        })
+    }
+
+    /// Publishes a new snapshot; workers pick it up at their next batch.
+    pub fn publish(&self, tables: Tables) {
+        self.tables.store(Arc::new(tables));
+    }
+
+    /// Queues `frame` for transmission on `port` (logical ports allowed) by worker 0.
+    pub fn inject(&self, port: PortId, frame: &[u8]) -> Result<(), InjectError> {
+        self.injectors[0].inject(port, frame)
+    }
+
+    /// Seconds on the dataplane clock (what neighbour and conntrack timestamps use).
+    pub fn now_s(&self) -> u32 {
+        self.epoch.elapsed().as_secs() as u32
+    }
+
+    /// Stops and joins the workers, closing their sockets, and leaves the XDP programs
+    /// attached: frames fall back to the kernel until a successor registers its own
+    /// sockets (`crate::handover`).
+    pub fn stop_workers(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+
+    /// Stops the workers, then detaches every XDP program. Sockets close with their
+    /// workers, so frames arriving in between fall back to the kernel (XDP_PASS).
+    pub fn stop(mut self) -> Vec<String> {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+        let mut errors = Vec::new();
+        for s in self.steering.drain(..) {
+            let idx = s.ifindex();
+            if let Err(e) = s.detach() {
+                errors.push(format!("detaching XDP from ifindex {idx}: {e}"));
+            }
+        }
+        errors
+    }
+}
+
+/// A runtime whose programs are loaded and UMEMs created ([`Runtime::prepare`]), not yet
+/// bound to any queue.
+pub struct Prepared {
+    cfg: RuntimeConfig,
+    tables: Tables,
+    shared: Shared,
+    steering: Vec<PortSteering>,
+    umems: Vec<(Umem, afgate_dataplane::xsk::FramePool)>,
+}
+
+impl Prepared {
+    /// Binds the sockets, registers them, attaches the programs and starts the workers.
+    /// A fresh start attaches first (as drivers expect: program, then sockets); a takeover
+    /// attaches last, replacing its predecessor's program with one whose XSKMAP is already
+    /// full, so frames fall back to the kernel only while the queues change hands.
+    pub fn start(self) -> Result<Runtime, RuntimeError> {
+        let Prepared {
+            cfg,
+            tables,
+            shared,
+            mut steering,
+            umems,
+        } = self;
+        // One thread per port: each attach is a netlink round trip with driver work behind
+        // it, and during a takeover they are all part of the forwarding gap.
+        let install = |steering: &mut [PortSteering]| {
+            std::thread::scope(|scope| {
+                let jobs: Vec<_> = steering
+                    .iter_mut()
+                    .zip(&cfg.ports)
+                    .map(|(s, p)| scope.spawn(move || s.install(p.xdp_mode).map_err(|e| (p, e))))
+                    .collect();
+                for j in jobs {
+                    if let Ok(Err((p, source))) = j.join() {
+                        return Err(RuntimeError::Attach {
+                            port: p.name.clone(),
+                            device: p.device.clone(),
+                            source,
+                        });
+                    }
+                }
+                Ok::<(), RuntimeError>(())
+            })
+        };
+        if !cfg.takeover {
+            install(&mut steering)?;
+        }
+        let mut attached: Vec<Attached> = steering
+            .iter()
+            .zip(&cfg.ports)
+            .map(|(s, p)| Attached {
                 port: p.name.clone(),
                 device: p.device.clone(),
                 ifindex: s.ifindex(),
                 xdp_mode: s.mode(),
                 replaced_stale: s.replaced_stale(),
                 sockets: Vec::new(),
-            });
-            steering.push(s);
-        }
+            })
+            .collect();
         let tables = Arc::new(ArcSwap::from_pointee(tables));
         let shared = Arc::new(shared);
         let stop = Arc::new(AtomicBool::new(false));
-        let epoch = Instant::now();
+        let epoch = cfg.epoch.unwrap_or_else(Instant::now);
         let mut workers = Vec::new();
         let mut counters = Vec::new();
         let capture = Arc::new(CaptureCtl::default());
         let mut obs = Vec::new();
         let mut injectors = Vec::new();
-        for (w, wcfg) in cfg.workers.iter().enumerate() {
+        for ((w, wcfg), (umem, pool)) in cfg.workers.iter().enumerate().zip(umems) {
             let xerr = |source| RuntimeError::Xsk { worker: w, source };
-            let (umem, pool) = Umem::new(cfg.layout).map_err(xerr)?;
             let mut sockets = Vec::with_capacity(cfg.ports.len());
             for (i, p) in cfg.ports.iter().enumerate() {
-                let xsk =
-                    Xsk::new(&umem, &p.device, w as u32, cfg.rings, cfg.bind).map_err(xerr)?;
+                let xsk = bind_retrying(&umem, &p.device, w as u32, &cfg).map_err(xerr)?;
+                eprintln!("TDBG bound {} {:?}", p.device, std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_micros() % 100_000_000);
                 attached[i].sockets.push((w, w as u32, xsk.is_zerocopy()));
                 sockets.push(Some(xsk));
             }
@@ -164,6 +299,7 @@ impl Runtime {
             injectors.push(worker.injector());
             workers.push(worker);
         }
+        eprintln!("TDBG registered {:?}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_micros() % 100_000_000);
         let threads = workers
             .into_iter()
             .enumerate()
@@ -174,7 +310,7 @@ impl Runtime {
                     .expect("spawning a worker thread")
             })
             .collect();
-        Ok(Runtime {
+        let mut rt = Runtime {
             steering,
             threads,
             stop,
@@ -186,39 +322,45 @@ impl Runtime {
             attached,
             epoch,
             injectors,
-        })
-    }
-
-    /// Publishes a new snapshot; workers pick it up at their next batch.
-    pub fn publish(&self, tables: Tables) {
-        self.tables.store(Arc::new(tables));
-    }
-
-    /// Queues `frame` for transmission on `port` (logical ports allowed) by worker 0.
-    pub fn inject(&self, port: PortId, frame: &[u8]) -> Result<(), InjectError> {
-        self.injectors[0].inject(port, frame)
-    }
-
-    /// Seconds on the dataplane clock (what neighbour and conntrack timestamps use).
-    pub fn now_s(&self) -> u32 {
-        self.epoch.elapsed().as_secs() as u32
-    }
-
-    /// Stops the workers, then detaches every XDP program. Sockets close with their
-    /// workers, so frames arriving in between fall back to the kernel (XDP_PASS).
-    pub fn stop(mut self) -> Vec<String> {
-        self.stop.store(true, Ordering::Relaxed);
-        for t in self.threads.drain(..) {
-            let _ = t.join();
-        }
-        let mut errors = Vec::new();
-        for s in self.steering.drain(..) {
-            let idx = s.ifindex();
-            if let Err(e) = s.detach() {
-                errors.push(format!("detaching XDP from ifindex {idx}: {e}"));
+        };
+        if cfg.takeover {
+            // The sockets already receive through the predecessor's XSKMAPs; ours hold the
+            // same sockets, so swapping the programs now moves no frame to the kernel. An
+            // error drops `rt`: workers stopped, programs detached (fail-open).
+            install(&mut rt.steering)?;
+            eprintln!("TDBG installed {:?}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_micros() % 100_000_000);
+            for (a, s) in rt.attached.iter_mut().zip(&rt.steering) {
+                a.xdp_mode = s.mode();
+                a.replaced_stale = s.replaced_stale();
             }
         }
-        errors
+        Ok(rt)
+    }
+}
+
+/// Binds an AF_XDP socket, retrying for up to `cfg.busy_wait` while the queue is busy: the
+/// kernel releases a closed socket's hold on its queue asynchronously.
+fn bind_retrying(
+    umem: &Umem,
+    dev: &str,
+    queue: u32,
+    cfg: &RuntimeConfig,
+) -> Result<Xsk, afgate_dataplane::xsk::XskError> {
+    let wait = if cfg.takeover {
+        std::time::Duration::from_secs(2)
+    } else {
+        std::time::Duration::ZERO
+    };
+    let deadline = Instant::now() + wait;
+    loop {
+        match Xsk::new(umem, dev, queue, cfg.rings, cfg.bind) {
+            Err(afgate_dataplane::xsk::XskError::Socket { ref reason, .. })
+                if reason.contains("busy") && Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_micros(200));
+            }
+            r => return r,
+        }
     }
 }
 

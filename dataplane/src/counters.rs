@@ -64,7 +64,8 @@ named_enum! {
         NoRoute = "no_route",
         /// TTL expired in transit (an ICMP time exceeded is sent when possible).
         TtlExceeded = "ttl_exceeded",
-        /// Next hop's MAC unknown; an ARP request was sent in its place.
+        /// Next hop's MAC unknown; an ARP request was sent in its place. No longer counted:
+        /// such frames now wait in the ARP pending queue (`neigh_queued`, `neigh_queue_full`).
         NeighUnresolved = "neigh_unresolved",
         /// ARP that is neither for us nor proxied by us.
         ArpNotForUs = "arp_not_for_us",
@@ -99,7 +100,8 @@ named_enum! {
         /// Every member of the egress bond is down.
         BondNoMember = "bond_no_member",
         /// Next hop's MAC unknown and an ARP request for it went out less than a second
-        /// ago: the frame is dropped instead of becoming another request.
+        /// ago: the frame is dropped instead of becoming another request. No longer counted:
+        /// such frames now wait in the ARP pending queue (`neigh_queued`, `neigh_queue_full`).
         NeighRateLimited = "neigh_rate_limited",
         /// A non-first fragment to a service address: it has no ports to translate by.
         NatFragment = "nat_fragment",
@@ -111,6 +113,14 @@ named_enum! {
         NatNoPort = "nat_no_port",
         /// A frame the control thread queued for injection found no free UMEM frame.
         InjectNoFrame = "inject_no_frame",
+        /// Next hop unresolved and its share of the ARP pending queue is full (or the frame
+        /// is larger than a queue slot): the frame is dropped (`pipeline::neigh`).
+        NeighQueueFull = "neigh_queue_full",
+        /// A frame held for ARP resolution whose next hop did not answer in time.
+        NeighTimeout = "neigh_timeout",
+        /// A pod port with source validation received a packet (or an ARP sender address)
+        /// outside the port's allowed prefixes (`pipeline::antispoof`).
+        Spoofed = "spoofed_source",
     }
 }
 
@@ -144,6 +154,15 @@ named_enum! {
         ServiceRebalanced = "service_rebalanced",
         /// ICMP echo to a service address answered by the node.
         VipEchoReply = "vip_echo_reply",
+        /// A frame to an unresolved next hop was held in the ARP pending queue.
+        NeighQueued = "neigh_queued",
+        /// A held frame was sent once its next hop resolved.
+        NeighQueueSent = "neigh_queue_sent",
+        /// The flood guard sent a new (or untracked mid-flow) ClusterIP flow to its Maglev
+        /// backend without tracking it (`pipeline::flood`).
+        FloodGuardUntracked = "flood_guard_untracked",
+        /// The flood guard un-DNATed a reply of an untracked flow statelessly.
+        FloodGuardReply = "flood_guard_reply",
     }
 }
 

@@ -29,6 +29,192 @@ fn advise_huge(addr: usize, len: usize) {
     unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_HUGEPAGE) };
 }
 
+/// A fixed-length array of `T` that a table indexes like a `Box<[T]>`: either allocated on
+/// the heap ([`Region::heap`]) or placed in a shared mapping that outlives this process
+/// ([`Region::mapped`], the conntrack state a restarted afgate takes over). Indexing costs
+/// the same either way (a pointer and a length, no branch on the kind).
+pub struct Region<T> {
+    ptr: core::ptr::NonNull<T>,
+    len: usize,
+    /// None: `ptr..len` came from `Box::into_raw` and is freed on drop.
+    map: Option<std::sync::Arc<Mapping>>,
+}
+
+impl<T> Region<T> {
+    pub fn heap(b: Box<[T]>) -> Self {
+        let len = b.len();
+        let ptr = core::ptr::NonNull::new(Box::into_raw(b).cast::<T>()).expect("box pointer");
+        Region {
+            ptr,
+            len,
+            map: None,
+        }
+    }
+
+    /// `len` elements of `T` at byte `offset` of `map`.
+    ///
+    /// # Safety
+    /// The range lies inside the mapping and is aligned for `T`; every bit pattern the
+    /// memory can hold is a valid `T` (atomics only), because another process may write it;
+    /// and nothing else hands out `&mut` to it.
+    #[allow(unsafe_code)]
+    pub unsafe fn mapped(map: &std::sync::Arc<Mapping>, offset: usize, len: usize) -> Self {
+        debug_assert!(offset + len * core::mem::size_of::<T>() <= map.len);
+        debug_assert!((map.addr + offset).is_multiple_of(core::mem::align_of::<T>()));
+        Region {
+            ptr: core::ptr::NonNull::new((map.addr + offset) as *mut T).expect("mapped address"),
+            len,
+            map: Some(map.clone()),
+        }
+    }
+
+    /// Whether the elements live in a shared mapping.
+    pub fn is_mapped(&self) -> bool {
+        self.map.is_some()
+    }
+}
+
+impl<T> Drop for Region<T> {
+    #[allow(unsafe_code)]
+    fn drop(&mut self) {
+        if self.map.is_none() {
+            // SAFETY: `ptr`/`len` are exactly what `Box::into_raw` gave `Region::heap`, and
+            // this is the only place that turns them back into the box.
+            drop(unsafe {
+                Box::from_raw(core::ptr::slice_from_raw_parts_mut(
+                    self.ptr.as_ptr(),
+                    self.len,
+                ))
+            });
+        }
+    }
+}
+
+impl<T> core::ops::Deref for Region<T> {
+    type Target = [T];
+    #[inline]
+    #[allow(unsafe_code)]
+    fn deref(&self) -> &[T] {
+        // SAFETY: `ptr..ptr+len` is either the leaked box (freed only in drop) or a range of
+        // the kept mapping that `Region::mapped`'s caller vouched for; both live as long as `self`, and only shared
+        // references are handed out.
+        unsafe { core::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+// SAFETY: a Region owns its elements like a `Box<[T]>` (or shares a mapping through an
+// `Arc`) and only hands out `&[T]`: with `T: Send + Sync` it may move to and be used from
+// any thread.
+#[allow(unsafe_code)]
+unsafe impl<T: Send + Sync> Send for Region<T> {}
+// SAFETY: as above: shared access to `T: Sync` elements only.
+#[allow(unsafe_code)]
+unsafe impl<T: Send + Sync> Sync for Region<T> {}
+
+/// One `T` in a [`Region`] (a table's scalar state: free-stack head, counters), derefs to it.
+pub struct Place<T>(Region<T>);
+
+impl<T> Place<T> {
+    pub fn heap(v: T) -> Self {
+        Place(Region::heap(Box::new([v])))
+    }
+    /// # Safety
+    /// As [`Region::mapped`] for one element.
+    #[allow(unsafe_code)]
+    pub unsafe fn mapped(map: &std::sync::Arc<Mapping>, offset: usize) -> Self {
+        // SAFETY: forwarded to our caller.
+        Place(unsafe { Region::mapped(map, offset, 1) })
+    }
+}
+
+impl<T> core::ops::Deref for Place<T> {
+    type Target = T;
+    #[inline]
+    fn deref(&self) -> &T {
+        &self.0[0]
+    }
+}
+
+/// A shared, read-write mapping of a whole file (`MAP_SHARED`), unmapped on drop.
+#[derive(Debug)]
+pub struct Mapping {
+    addr: usize,
+    len: usize,
+}
+
+impl Mapping {
+    /// Maps the first `len` bytes of `file` shared, faulting them in now (so the first
+    /// packets after a takeover do not pay page faults) and asking for huge pages.
+    #[allow(unsafe_code)]
+    pub fn map(file: &std::fs::File, len: usize) -> std::io::Result<Mapping> {
+        use std::os::fd::AsRawFd;
+        // SAFETY: a fresh mapping chosen by the kernel (addr NULL) of a file we hold open;
+        // no existing memory is affected. The result is checked for MAP_FAILED.
+        let p = unsafe {
+            libc::mmap(
+                core::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED | libc::MAP_POPULATE,
+                file.as_raw_fd(),
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        advise_huge(p as usize, len);
+        Ok(Mapping {
+            addr: p as usize,
+            len,
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The mapping's bytes `offset..offset + n`, for the segment header only.
+    ///
+    /// # Safety
+    /// No `&mut` to these bytes exists while the slice is used, and the caller treats them
+    /// as possibly changed by another process (plain header fields written once).
+    #[allow(unsafe_code)]
+    pub unsafe fn bytes(&self, offset: usize, n: usize) -> &[u8] {
+        assert!(offset + n <= self.len);
+        // SAFETY: in bounds (checked); lifetime tied to `self`, which keeps the mapping.
+        unsafe { core::slice::from_raw_parts((self.addr + offset) as *const u8, n) }
+    }
+
+    /// Writes `data` at `offset` (segment header, while this process alone knows the file).
+    #[allow(unsafe_code)]
+    pub fn write(&self, offset: usize, data: &[u8]) {
+        assert!(offset + data.len() <= self.len);
+        // SAFETY: in bounds (checked); a byte copy into our own writable mapping. The segment
+        // is not yet published (see `conntrack::shm`), so nobody reads it concurrently.
+        unsafe {
+            core::ptr::copy_nonoverlapping(
+                data.as_ptr(),
+                (self.addr + offset) as *mut u8,
+                data.len(),
+            )
+        };
+    }
+}
+
+impl Drop for Mapping {
+    #[allow(unsafe_code)]
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly the range `map` created; every Region over it holds an Arc
+        // to this Mapping, so none outlives it.
+        unsafe { libc::munmap(self.addr as *mut libc::c_void, self.len) };
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -290,6 +290,17 @@ impl Worker {
         if received > 0 {
             self.obs.note_generation(tables.generation, ctx.now_ns);
         }
+        // Frames that waited for ARP (`pipeline::neigh`): one relaxed load when none do.
+        if !self.shared.arp_pending.is_empty() {
+            received += Self::drain_held(
+                &mut self.ports,
+                &self.umem,
+                &mut self.pool,
+                &ctx,
+                capture.as_deref(),
+                self.config.index as u16,
+            );
+        }
         if !self.inject.is_empty() {
             received += Self::drain_injected(
                 &self.inject,
@@ -459,6 +470,69 @@ impl Worker {
                 }
             }
         }
+        taken
+    }
+
+    /// Sends the frames held for ARP whose next hop has resolved (copied into free UMEM
+    /// frames; any worker may send them) and drops the expired ones. Returns how many went
+    /// out or were dropped for lack of a frame.
+    #[allow(unsafe_code)]
+    fn drain_held(
+        ports: &mut [Option<PortIo>],
+        umem: &Umem,
+        pool: &mut FramePool,
+        ctx: &Ctx,
+        capture: Option<&CaptureSession>,
+        worker: u16,
+    ) -> usize {
+        let mut taken = 0;
+        pipeline::neigh::release_held(ctx, |held| {
+            taken += 1;
+            // The same shortage an injected frame meets, counted under the same name.
+            let Some(addr) = pool.alloc() else {
+                ctx.counters.dropped(DropReason::InjectNoFrame);
+                return;
+            };
+            let chunk_base = umem.chunk_of(addr);
+            // SAFETY: the address just came out of this worker's free pool, so the worker
+            // owns the frame and nothing else references it until it goes on a tx ring.
+            let Some(chunk) = (unsafe { umem.chunk_mut(addr) }) else {
+                ctx.counters.dropped(DropReason::Malformed);
+                return;
+            };
+            let len = held.copy_to(&mut chunk[INJECT_HEADROOM..]);
+            let mut frame = Frame::new(chunk, INJECT_HEADROOM, len);
+            let out = match pipeline::neigh::send_held(&mut frame, ctx, held.port, held.neighbour) {
+                Action::Tx(out) => out,
+                Action::Drop(reason) => {
+                    ctx.counters.dropped(reason);
+                    pool.free(addr);
+                    return;
+                }
+            };
+            if let Some(c) = capture
+                && out.index() < 64
+                && c.tx_ports & (1 << out.index()) != 0
+            {
+                c.offer(frame.data(), out.0, Direction::Out, worker, ctx.now_ns);
+            }
+            let desc = XdpDesc {
+                addr: chunk_base + frame.start() as u64,
+                len: frame.len() as u32,
+                options: 0,
+            };
+            match ports.get_mut(out.index()).and_then(|o| o.as_mut()) {
+                Some(o) if o.stage.len() < o.stage.capacity() => o.stage.push(desc),
+                Some(_) => {
+                    ctx.counters.dropped(DropReason::TxRingFull);
+                    pool.free(addr);
+                }
+                None => {
+                    ctx.counters.dropped(DropReason::PortDown);
+                    pool.free(addr);
+                }
+            }
+        });
         taken
     }
 

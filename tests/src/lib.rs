@@ -28,6 +28,9 @@ pub mod overlay_lab;
 pub mod peer;
 pub mod ping;
 pub mod process;
+pub mod rel_lab;
+pub mod seeds_lab;
+pub mod svc_lab;
 mod util;
 
 pub use capture::Capture;

@@ -10,8 +10,8 @@
 //!   pod2 10.20.9.41 ──┤ node (afgate) ──┘
 //! ```
 //!
-//! The underlay client on VLAN 1155 (B5 via the VLAN stage) is covered by the overlay
-//! tests; backend removal is tested at the pipeline level (`pipeline::service` tests).
+//! MASQUERADE from the VLAN-1155 underlay, ICMP error translation, backend removal mid-flow,
+//! a full conntrack table and endpoint churn are `services_nat.rs`.
 
 use afgate_tests::lab::{Lab, NodeLab};
 use afgate_tests::peer;

@@ -8,11 +8,11 @@
 //! Also holds the helpers the other service/overlay scenarios share: afgate with a scenario's
 //! own YAML, kube-proxy-style rule sets, a variant measured on an already running DUT.
 
-use super::{Dut, Env, Running, ScenarioResult, Traffic, VariantResult, trial};
+use super::{Dut, Env, Running, ScenarioResult, Traffic, VariantResult, measure_with, trial};
 use crate::packet::Proto;
 use crate::topo::{self, BenchLab};
 use afgate_tests::Afgate;
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use std::fmt::Write as _;
 use std::net::Ipv4Addr;
 
@@ -34,6 +34,8 @@ pub struct Svc {
     pub port: u16,
     pub udp: bool,
     pub backends: Vec<Ipv4Addr>,
+    /// The backends' port.
+    pub target_port: u16,
 }
 
 impl Svc {
@@ -62,6 +64,7 @@ pub fn web() -> Vec<Svc> {
             port: 80,
             udp,
             backends: BACKENDS.to_vec(),
+            target_port: TARGET_PORT,
         })
         .collect()
 }
@@ -119,14 +122,14 @@ pub fn iptables_rules(svcs: &[Svc]) -> String {
             };
             let _ = writeln!(
                 rules,
-                "-A {svc} -m comment --comment \"{} -> {b}:{TARGET_PORT}\"{stat} -j {sep}",
-                s.name
+                "-A {svc} -m comment --comment \"{} -> {b}:{}\"{stat} -j {sep}",
+                s.name, s.target_port
             );
             let _ = writeln!(
                 rules,
                 "-A {sep} -s {b}/32 -m comment --comment \"{}\" -j KUBE-MARK-MASQ\n\
-                 -A {sep} -p {p} -m comment --comment \"{}\" -m {p} -j DNAT --to-destination {b}:{TARGET_PORT}",
-                s.name, s.name
+                 -A {sep} -p {p} -m comment --comment \"{}\" -m {p} -j DNAT --to-destination {b}:{}",
+                s.name, s.name, s.target_port
             );
         }
     }
@@ -161,7 +164,8 @@ pub fn nft_rules(svcs: &[Svc]) -> String {
             let ep = format!("endpoint-{tag}-{i}");
             let _ = writeln!(
                 s,
-                "\tchain {ep} {{ ip saddr {b} jump mark-for-masquerade; meta l4proto {p} dnat to {b}:{TARGET_PORT}; }}"
+                "\tchain {ep} {{ ip saddr {b} jump mark-for-masquerade; meta l4proto {p} dnat to {b}:{}; }}",
+                v.target_port
             );
             eps.push(format!("{i} : goto {ep}"));
         }
@@ -213,17 +217,41 @@ pub fn afgate_yaml(workers: &[usize], svcs: &[Svc], extra: &str) -> String {
                 .collect();
             let _ = writeln!(
                 y,
-                "  - {{ name: \"{}\", cluster_ip: {}, port: {}, protocol: {}, target_port: {TARGET_PORT}, backends: [{}] }}",
+                "  - {{ name: \"{}\", cluster_ip: {}, port: {}, protocol: {}, target_port: {}, backends: [{}] }}",
                 s.name,
                 s.ip,
                 s.port,
                 s.proto(),
+                s.target_port,
                 bs.join(", ")
             );
         }
     }
     y.push_str(extra);
     y
+}
+
+/// The control socket of the afgate started by [`start_afgate`] with `tag`.
+pub fn api_socket(lab: &BenchLab, tag: &str) -> std::path::PathBuf {
+    lab.lab.tmp().join(format!("afgate-{tag}.sock"))
+}
+
+/// `afgate ctl --api SOCK ARGS...`; returns its stdout.
+pub fn afgate_ctl(env: &Env, sock: &std::path::Path, args: &[&str]) -> Result<String> {
+    let out = std::process::Command::new(&env.afgate_bin)
+        .arg("ctl")
+        .arg("--api")
+        .arg(sock)
+        .args(args)
+        .output()
+        .context("running afgate ctl")?;
+    if !out.status.success() {
+        anyhow::bail!(
+            "afgate ctl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// Starts afgate in the DUT namespace with `yaml`, for at most `secs`.
@@ -234,9 +262,22 @@ pub fn start_afgate(
     yaml: &str,
     secs: f64,
 ) -> Result<Running> {
+    start_afgate_with(env, lab, tag, yaml, secs, true)
+}
+
+/// [`start_afgate`]; `pin_d0`: move d0's receive NAPI into a kthread on the DUT core (the
+/// single-queue bench lab; the multi-queue lab of `workers` keeps softirq).
+pub fn start_afgate_with(
+    env: &Env,
+    lab: &BenchLab,
+    tag: &str,
+    yaml: &str,
+    secs: f64,
+    pin_d0: bool,
+) -> Result<Running> {
     let path = lab.lab.tmp().join(format!("afgate-{tag}.yaml"));
     std::fs::write(&path, yaml)?;
-    let api = lab.lab.tmp().join(format!("afgate-{tag}.sock"));
+    let api = api_socket(lab, tag);
     let api = api.to_string_lossy();
     let secs_s = format!("{:.1}", secs.max(1.0));
     let a = Afgate::start_bin(
@@ -246,6 +287,10 @@ pub fn start_afgate(
         &["--duration", &secs_s, "--api", &api],
     )
     .with_context(|| format!("starting afgate ({tag})"))?;
+    // As `super::start` does for every DUT with a program on d0 (one queue: one kthread).
+    if env.threaded_napi && pin_d0 {
+        lab.pin_napi(&lab.dut, "d0", env.dut_core, false)?;
+    }
     Ok(Running {
         dut: Dut::AfgateAdaptive,
         afgate: Some(a),
@@ -306,9 +351,7 @@ pub fn flush_conntrack(lab: &BenchLab) {
     let _ = lab.dut.exec(&["conntrack", "-F"]);
 }
 
-/// A max-rate trial and a latency trial at half the max rate on a DUT that
-/// is already running. No zero-loss search: these scenarios compare many variants, and the
-/// search would multiply their time by six.
+/// [`measure_with`] of the standard trial on a DUT that is already running.
 pub fn variant(
     env: &Env,
     lab: &BenchLab,
@@ -318,43 +361,13 @@ pub fn variant(
     traffic: &Traffic,
     progress: &dyn Fn(&str),
 ) -> VariantResult {
-    let mut v = VariantResult {
-        name: name.into(),
-        description: description.into(),
-        ..Default::default()
-    };
-    let res = (|| -> Result<()> {
-        let max = trial(env, lab, dut, traffic, None, env.timing.max_secs)?;
-        v.max_rx_pps = max.rx_pps();
-        progress(&format!(
-            "{name}: offered {:.3} Mpps, forwarded {:.3} Mpps, loss {:.2} %",
-            max.generator.offered_pps / 1e6,
-            v.max_rx_pps / 1e6,
-            max.loss * 100.0
-        ));
-        let received = max.sink.received;
-        v.max = max;
-        if received == 0 {
-            bail!("no packet went through {name}");
-        }
-        let rate = (v.max_rx_pps * 0.5).max(1000.0);
-        let lt = trial(env, lab, dut, traffic, Some(rate), env.timing.latency_secs)?;
-        v.latency = lt.sink.latency.clone();
-        progress(&format!(
-            "{name}: latency at {:.3} Mpps: p50 {} ns, p99 {} ns (loss {:.2} %)",
-            rate / 1e6,
-            v.latency.p50,
-            v.latency.p99,
-            lt.loss * 100.0
-        ));
-        v.latency_trial = Some(lt);
-        Ok(())
-    })();
-    if let Err(e) = res {
-        progress(&format!("{name}: FAILED: {e:#}"));
-        v.error = Some(format!("{e:#}"));
-    }
-    v
+    measure_with(
+        env,
+        name,
+        description,
+        &mut |rate, secs| trial(env, lab, dut, traffic, rate, secs),
+        progress,
+    )
 }
 
 /// Traffic of `proto` to `dst:dport`.
@@ -394,8 +407,7 @@ pub fn run(
     let p = |m: &str| progress(&format!("[{NAME}] {m}"));
     let protos = [Proto::Udp, Proto::TcpAck];
     let svcs = web();
-    let per = env.timing.max_secs + env.timing.latency_secs + 30.0;
-    let budget = per * 4.0 + 30.0;
+    let budget = super::variant_budget(env) * 4.0;
 
     // afgate: one process, the service configured; plain = traffic to the sink's address.
     let y = afgate_yaml(&[env.dut_core], &svcs, "");
@@ -479,22 +491,16 @@ pub fn run(
     kernel_clear(lab);
     running.stop(lab)?;
 
-    let rate = |n: &str| r.variant(n).map(|v| v.max_rx_pps).unwrap_or(0.0);
-    let mut ratios = Vec::new();
     for proto in protos {
         let n = pname(proto);
-        let a = rate(&format!("afgate-clusterip/{n}"));
         for b in ["iptables", "nftables", "afgate-plain", "kernel-plain"] {
-            let y = rate(&format!("{b}/{n}"));
-            if y > 0.0 {
-                ratios.push((format!("afgate-clusterip/{b} ({n})"), a / y));
-            }
+            r.ratio(
+                &format!("afgate-clusterip/{n}"),
+                &format!("{b}/{n}"),
+                Some(format!("afgate-clusterip/{b} ({n})")),
+            );
         }
     }
-    r.ratios = ratios;
-    r.notes.push(
-        "Zero-loss rates are not searched in this scenario (0.000 in the table): max rate and latency at half the max rate only.".into(),
-    );
     r.notes.push(
         "TCP-ACK flows are \"established\" only in the sense that no SYN is sent: the kernel picks them up mid-stream (nf_conntrack_tcp_loose); see afgate's drop counters in raw.json for how it treats them.".into(),
     );

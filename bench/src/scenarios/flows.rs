@@ -2,7 +2,7 @@
 //! (busy) and the kernel. afgate's l3 path keeps no per-flow state, so its curve shows cache
 //! effects only; the kernel's shows its route/neighbour caches and (none here) conntrack.
 
-use super::{Dut, Env, ScenarioResult, Traffic, start, trial};
+use super::{Dut, Env, ScenarioResult, Traffic, measure_with, start, trial, variant_budget};
 use crate::topo::BenchLab;
 use anyhow::Result;
 
@@ -26,19 +26,36 @@ pub fn run(
         ..Default::default()
     };
     for dut in [Dut::Kernel, Dut::AfgateBusy] {
-        let secs = env.timing.max_secs;
-        let running = start(env, lab, dut, counts.len() as f64 * (secs + 15.0) + 30.0)?;
+        let running = start(env, lab, dut, counts.len() as f64 * variant_budget(env))?;
         for &n in counts {
-            let t = trial(env, lab, dut, &Traffic::udp64(n), None, secs)?;
-            progress(&format!(
-                "[{NAME}] {}: {n} flows: {:.3} Mpps (loss {:.2} %)",
-                dut.name(),
-                t.rx_pps() / 1e6,
-                t.loss * 100.0
-            ));
-            r.sweep.push((f64::from(n), dut.name().into(), t.rx_pps()));
+            let traffic = Traffic::udp64(n);
+            let name = format!("{}/{n}", dut.name());
+            let v = measure_with(
+                env,
+                &name,
+                &format!("{}, {n} flows", dut.describe()),
+                &mut |rate, secs| trial(env, lab, dut, &traffic, rate, secs),
+                &|m: &str| progress(&format!("[{NAME}] {m}")),
+            );
+            if v.error.is_none() {
+                r.sweep
+                    .push((f64::from(n), dut.name().into(), v.max_rx_pps));
+                r.sweep.push((
+                    f64::from(n),
+                    format!("{} zero-loss", dut.name()),
+                    v.zero_loss_pps,
+                ));
+            }
+            r.variants.push(v);
         }
         running.stop(lab)?;
+    }
+    for &n in counts {
+        r.ratio(
+            &format!("afgate-busy/{n}"),
+            &format!("kernel/{n}"),
+            Some(format!("afgate-busy/kernel ({n} flows)")),
+        );
     }
     Ok(r)
 }

@@ -1,14 +1,19 @@
 //! Scenarios: each builds (or reuses) a [`BenchLab`], runs its variants — afgate and the
 //! references it is compared with, in the same run on the same veths — and returns a
 //! [`ScenarioResult`] for the report. One file per scenario; the machinery (a trial, the
-//! devices under test, the zero-loss search) is here.
+//! devices under test, the per-variant measurement [`measure_with`]: max rate, zero-loss
+//! search, latency at half the zero-loss rate) is here; every scenario measures each of its
+//! variants with it.
 //!
 //! A trial: start the sink (AF_XDP on the sink's veth), start the generator, wait for it, let
 //! the sink drain, read both JSON reports. Every process is bounded by its own `--duration`
 //! and `--count`, and by the [`Proc`] guard that kills it on drop.
 
 pub mod clusterip;
+pub mod conntrack;
+pub mod dns;
 pub mod flows;
+pub mod fullpath;
 pub mod l3fwd;
 pub mod newconn;
 pub mod services;
@@ -40,20 +45,22 @@ pub struct Timing {
 }
 
 impl Timing {
+    /// ~10 s of traffic per variant: max 2 s, 6 bisection steps of 1 s, latency 2 s.
     pub fn full() -> Timing {
         Timing {
-            max_secs: 3.0,
-            search_secs: 2.0,
-            search_trials: 7,
-            latency_secs: 3.0,
+            max_secs: 2.0,
+            search_secs: 1.0,
+            search_trials: 6,
+            latency_secs: 2.0,
         }
     }
+    /// The CI suite (< 5 min for every scenario): 2 bisection steps, half-second trials.
     pub fn quick() -> Timing {
         Timing {
-            max_secs: 1.0,
-            search_secs: 1.0,
-            search_trials: 4,
-            latency_secs: 1.0,
+            max_secs: 0.5,
+            search_secs: 0.5,
+            search_trials: 2,
+            latency_secs: 0.5,
         }
     }
     /// The `#[test]`: numbers exist, nothing more.
@@ -66,6 +73,9 @@ impl Timing {
         }
     }
 }
+
+/// The sink stops this long after the last packet.
+pub const SINK_IDLE_MS: &str = "300";
 
 /// What a run is allowed to use, and where the binaries are.
 #[derive(Debug, Clone)]
@@ -325,7 +335,7 @@ pub fn start(env: &Env, lab: &BenchLab, dut: Dut, secs: f64) -> Result<Running> 
     Ok(r)
 }
 
-fn spawn_ready(ns: &Netns, argv: &[&str]) -> Result<Proc> {
+pub(crate) fn spawn_ready(ns: &Netns, argv: &[&str]) -> Result<Proc> {
     let mut p = ns.spawn(argv)?;
     p.wait_for_stdout(READY, Duration::from_secs(20))?;
     Ok(p)
@@ -385,7 +395,7 @@ pub fn trial(
         "--duration",
         &sink_secs,
         "--idle-ms",
-        "500",
+        SINK_IDLE_MS,
         "--core",
         &load,
     ];
@@ -485,7 +495,7 @@ pub fn trial(
                 String::from_utf8_lossy(&out.stderr)
             )
         })?;
-    // The sink stops by itself 500 ms after the last packet; if nothing arrived, stop it.
+    // The sink stops by itself after SINK_IDLE_MS without a packet; if nothing arrived, stop it.
     if sink.wait_timeout(Duration::from_secs(3))?.is_none() {
         sink.signal(libc::SIGINT);
         sink.wait_timeout(Duration::from_secs(3))?;
@@ -515,7 +525,7 @@ pub fn trial(
 }
 
 /// Every drop/error counter of the given devices, as `dev:name`.
-fn drop_counters(devs: &[(&Netns, &str)]) -> Vec<(String, u64)> {
+pub(crate) fn drop_counters(devs: &[(&Netns, &str)]) -> Vec<(String, u64)> {
     let mut out = Vec::new();
     for (ns, dev) in devs {
         let stats = ns
@@ -548,7 +558,7 @@ fn drop_counters(devs: &[(&Netns, &str)]) -> Vec<(String, u64)> {
     out
 }
 
-fn parse_report<T: serde::de::DeserializeOwned>(stdout: &str) -> Result<T> {
+pub(crate) fn parse_report<T: serde::de::DeserializeOwned>(stdout: &str) -> Result<T> {
     let line = stdout
         .lines()
         .find_map(|l| l.strip_prefix(REPORT_PREFIX))
@@ -556,13 +566,19 @@ fn parse_report<T: serde::de::DeserializeOwned>(stdout: &str) -> Result<T> {
     Ok(serde_json::from_str(line)?)
 }
 
+/// Runs one trial: `rate` packets per second (`None`: as fast as the generator can) for
+/// `secs` seconds.
+pub type TrialFn<'a> = dyn FnMut(Option<f64>, f64) -> Result<Trial> + 'a;
+
+/// The zero-loss threshold (RFC 2544 / TRex NDR style): below 0.01 % loss passes.
+pub const NDR_LOSS: f64 = 1e-4;
+
 /// RFC 2544-style zero-loss search: the highest offered rate with loss below `threshold`, by
-/// bisection between 0 and `hi`, at most `trials` trials. Returns (rate, every trial).
+/// bisection between 0 and `hi`, `env.timing.search_trials` trials. Returns (rate, every
+/// trial).
 pub fn zero_loss(
     env: &Env,
-    lab: &BenchLab,
-    dut: Dut,
-    traffic: &Traffic,
+    run: &mut TrialFn,
     hi: f64,
     threshold: f64,
     progress: &dyn Fn(&str),
@@ -574,7 +590,7 @@ pub fn zero_loss(
     // search then narrows between it and the generator's maximum.
     let mut rate = hi * 0.95;
     for i in 0..env.timing.search_trials {
-        let t = trial(env, lab, dut, traffic, Some(rate), env.timing.search_secs)?;
+        let t = run(Some(rate), env.timing.search_secs)?;
         // What was actually offered counts: at high rates the generator may fall short.
         let offered = t.generator.offered_pps.min(rate);
         let pass = t.generator.sent > 0 && t.loss < threshold;
@@ -624,6 +640,9 @@ pub struct ScenarioResult {
     pub variants: Vec<VariantResult>,
     /// Named ratios (`afgate-busy/kernel`, ...), of max forwarded rates.
     pub ratios: Vec<(String, f64)>,
+    /// The same ratios of zero-loss rates (where both sides have one).
+    #[serde(default)]
+    pub ndr_ratios: Vec<(String, f64)>,
     /// (x, series, y) points for a line plot; empty when the scenario has none.
     pub sweep: Vec<(f64, String, f64)>,
     pub sweep_axis: Option<String>,
@@ -634,29 +653,50 @@ impl ScenarioResult {
     pub fn variant(&self, name: &str) -> Option<&VariantResult> {
         self.variants.iter().find(|v| v.name == name)
     }
+
+    /// Adds `label` (default `a/b`) = a's rate over b's, for max and zero-loss rates, when
+    /// both variants exist and b forwarded something.
+    pub fn ratio(&mut self, a: &str, b: &str, label: Option<String>) {
+        let (Some(x), Some(y)) = (self.variant(a), self.variant(b)) else {
+            return;
+        };
+        if x.error.is_some() || y.error.is_some() {
+            return;
+        }
+        let (mx, my, nx, ny) = (x.max_rx_pps, y.max_rx_pps, x.zero_loss_pps, y.zero_loss_pps);
+        let label = label.unwrap_or_else(|| format!("{a}/{b}"));
+        if my > 0.0 {
+            self.ratios.push((label.clone(), mx / my));
+        }
+        if ny > 0.0 {
+            self.ndr_ratios.push((label, nx / ny));
+        }
+    }
 }
 
-/// Max rate, zero-loss rate and latency of one DUT.
-pub fn measure(
+/// Max rate, zero-loss rate and latency of one variant, whatever it is: `run` does one trial
+/// on a DUT that is already running. A max-rate trial (generator as fast as it can), the
+/// zero-loss search between 0 and the offered rate, then a latency trial at half the
+/// zero-loss rate (a tenth of the max when no rate passed). A failure is recorded in
+/// `error`, not returned: one broken variant must not hide the others.
+pub fn measure_with(
     env: &Env,
-    lab: &BenchLab,
-    dut: Dut,
-    traffic: &Traffic,
+    name: &str,
+    description: &str,
+    run: &mut TrialFn,
     progress: &dyn Fn(&str),
-) -> Result<VariantResult> {
+) -> VariantResult {
     let t = &env.timing;
-    let budget =
-        t.max_secs + f64::from(t.search_trials) * (t.search_secs + 15.0) + t.latency_secs + 60.0;
-    let running = start(env, lab, dut, budget)?;
     let mut v = VariantResult {
-        name: dut.name().into(),
-        description: dut.describe().into(),
+        name: name.into(),
+        description: description.into(),
         ..Default::default()
     };
+    let p = |m: &str| progress(&format!("{name}: {m}"));
     let res = (|| -> Result<()> {
-        let max = trial(env, lab, dut, traffic, None, t.max_secs)?;
+        let max = run(None, t.max_secs)?;
         v.max_rx_pps = max.rx_pps();
-        progress(&format!(
+        p(&format!(
             "max: offered {:.3} Mpps, forwarded {:.3} Mpps, loss {:.2} %",
             max.generator.offered_pps / 1e6,
             v.max_rx_pps / 1e6,
@@ -665,9 +705,9 @@ pub fn measure(
         let hi = max.generator.offered_pps.max(v.max_rx_pps);
         v.max = max;
         if v.max.sink.received == 0 {
-            bail!("no packet went through {}", dut.name());
+            bail!("nothing went through {name}");
         }
-        let (zl, search) = zero_loss(env, lab, dut, traffic, hi, 1e-4, progress)?;
+        let (zl, search) = zero_loss(env, run, hi, NDR_LOSS, &p)?;
         v.zero_loss_pps = zl;
         v.search = search;
         let lat_rate = if zl > 0.0 {
@@ -675,28 +715,49 @@ pub fn measure(
         } else {
             v.max_rx_pps * 0.1
         };
-        let lt = trial(
-            env,
-            lab,
-            dut,
-            traffic,
-            Some(lat_rate.max(1000.0)),
-            t.latency_secs,
-        )?;
+        let lt = run(Some(lat_rate.max(1000.0)), t.latency_secs)?;
         v.latency = lt.sink.latency.clone();
-        progress(&format!(
-            "latency at {:.3} Mpps: p50 {} ns, p99 {} ns, max {} ns",
-            lat_rate / 1e6,
+        p(&format!(
+            "latency at {:.3} Mpps: p50 {} ns, p99 {} ns, max {} ns (loss {:.2} %)",
+            lat_rate.max(1000.0) / 1e6,
             v.latency.p50,
             v.latency.p99,
-            v.latency.max
+            v.latency.max,
+            lt.loss * 100.0
         ));
         v.latency_trial = Some(lt);
         Ok(())
     })();
-    v.dut_stats = running.stop(lab)?;
     if let Err(e) = res {
+        p(&format!("FAILED: {e:#}"));
         v.error = Some(format!("{e:#}"));
     }
+    v
+}
+
+/// [`measure_with`] of the standard trial on a DUT started (and stopped) here.
+pub fn measure(
+    env: &Env,
+    lab: &BenchLab,
+    dut: Dut,
+    traffic: &Traffic,
+    progress: &dyn Fn(&str),
+) -> Result<VariantResult> {
+    let running = start(env, lab, dut, variant_budget(env))?;
+    let mut v = measure_with(
+        env,
+        dut.name(),
+        dut.describe(),
+        &mut |rate, secs| trial(env, lab, dut, traffic, rate, secs),
+        progress,
+    );
+    v.dut_stats = running.stop(lab)?;
     Ok(v)
+}
+
+/// Upper bound of one [`measure_with`] in seconds (trial time plus per-trial overheads), for
+/// the `--duration` of a DUT that serves `n` variants: `n * variant_budget`.
+pub fn variant_budget(env: &Env) -> f64 {
+    let t = &env.timing;
+    t.max_secs + f64::from(t.search_trials) * (t.search_secs + 15.0) + t.latency_secs + 40.0
 }

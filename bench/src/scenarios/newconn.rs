@@ -9,10 +9,10 @@ use super::clusterip::{
     self, Svc, afgate_yaml, flush_conntrack, iptables_rules, kernel_backends, kernel_clear,
     load_iptables, start_afgate,
 };
-use super::{Dut, Env, ScenarioResult, Traffic, VariantResult, trial};
+use super::{Dut, Env, ScenarioResult, Traffic, VariantResult, measure_with, trial};
 use crate::packet::Proto;
 use crate::topo::BenchLab;
-use anyhow::{Result, bail};
+use anyhow::Result;
 use std::net::Ipv4Addr;
 
 pub const NAME: &str = "newconn";
@@ -34,6 +34,7 @@ pub fn services(n: usize) -> Vec<Svc> {
             port: 80,
             udp: false,
             backends: vec![clusterip::BACKENDS[i % 3]],
+            target_port: clusterip::TARGET_PORT,
         })
         .collect();
     v.push(Svc {
@@ -42,6 +43,7 @@ pub fn services(n: usize) -> Vec<Svc> {
         port: 80,
         udp: false,
         backends: clusterip::BACKENDS.to_vec(),
+        target_port: clusterip::TARGET_PORT,
     });
     v
 }
@@ -71,15 +73,17 @@ pub fn afgate_point(
         lab,
         &format!("newconn-{n}"),
         &y,
-        env.timing.max_secs + env.timing.latency_secs + 90.0,
+        super::variant_budget(env) + 60.0,
     )?;
     let start_secs = t0.elapsed().as_secs_f64();
+    let api = clusterip::api_socket(lab, &format!("newconn-{n}"));
     let v = variant_syn(
         env,
         lab,
         Dut::AfgateAdaptive,
         &format!("afgate/{n}"),
         n,
+        Some(&api),
         progress,
     );
     let stats = running.stop(lab)?;
@@ -98,12 +102,9 @@ fn variant_syn(
     dut: Dut,
     name: &str,
     n: usize,
+    api: Option<&std::path::Path>,
     progress: &dyn Fn(&str),
 ) -> VariantResult {
-    // The latency trial's tuples start at another source address; the max trial sends at
-    // most SYNS packets, which stay below 10.0.1.10 (60000 ports per address).
-    let max_t = syns(Ipv4Addr::new(10, 0, 1, 2));
-    let lat_t = syns(Ipv4Addr::new(10, 0, 1, 100));
     let desc = format!(
         "{}: {n} services, SYNs to the last one",
         if dut == Dut::Kernel {
@@ -112,55 +113,24 @@ fn variant_syn(
             "afgate, 1 worker"
         }
     );
-    let mut v = VariantResult {
-        name: name.into(),
-        description: desc,
-        ..Default::default()
+    // Every trial starts from an empty table (kernel: conntrack -F; afgate: `afgate ctl
+    // conntrack flush`) and sends from its own source addresses: a trial sends at most SYNS
+    // packets, i.e. 4 addresses of 60000 ports.
+    let mut i = 0u32;
+    let mut run = |rate: Option<f64>, secs: f64| {
+        let src = Ipv4Addr::new(10, 0, 1, (2 + (i % 60) * 4) as u8);
+        i += 1;
+        match api {
+            Some(sock) => drop(clusterip::afgate_ctl(env, sock, &["conntrack", "flush"])?),
+            None => flush_conntrack(lab),
+        }
+        // measure_with's calls: max, the bisection, then latency (the last), whose rate is
+        // capped at LAT_RATE as in the earlier runs.
+        let latency = i == env.timing.search_trials + 2;
+        let rate = rate.map(|r| if latency { r.min(LAT_RATE) } else { r });
+        trial(env, lab, dut, &syns(src), rate, secs)
     };
-    let res = (|| -> Result<()> {
-        let max = trial(env, lab, dut, &max_t, None, env.timing.max_secs)?;
-        v.max_rx_pps = max.rx_pps();
-        progress(&format!(
-            "{name}: {} SYNs offered at {:.3} Mpps, {:.3} Mpps forwarded (loss {:.2} %)",
-            max.generator.sent,
-            max.generator.offered_pps / 1e6,
-            v.max_rx_pps / 1e6,
-            max.loss * 100.0
-        ));
-        let received = max.sink.received;
-        v.max = max;
-        if received == 0 {
-            bail!("no SYN went through {name}");
-        }
-        if dut == Dut::Kernel {
-            flush_conntrack(lab);
-        }
-        // Below the DUT's capacity, or the latency measured is the queue's.
-        let lat_rate = LAT_RATE.min(v.max_rx_pps * 0.5).max(200.0);
-        let lt = trial(
-            env,
-            lab,
-            dut,
-            &lat_t,
-            Some(lat_rate),
-            env.timing.latency_secs,
-        )?;
-        v.latency = lt.sink.latency.clone();
-        progress(&format!(
-            "{name}: new-flow latency at {:.1} kpps: p50 {} ns, p99 {} ns (loss {:.2} %)",
-            lat_rate / 1e3,
-            v.latency.p50,
-            v.latency.p99,
-            lt.loss * 100.0
-        ));
-        v.latency_trial = Some(lt);
-        Ok(())
-    })();
-    if let Err(e) = res {
-        progress(&format!("{name}: FAILED: {e:#}"));
-        v.error = Some(format!("{e:#}"));
-    }
-    v
+    measure_with(env, name, &desc, &mut run, progress)
 }
 
 pub fn kernel_point(
@@ -177,13 +147,16 @@ pub fn kernel_point(
         "iptables-restore of {n} services ({} lines): {load:.2} s",
         rules.lines().count()
     ));
-    let running = super::start(
+    let running = super::start(env, lab, Dut::Kernel, super::variant_budget(env))?;
+    let v = variant_syn(
         env,
         lab,
         Dut::Kernel,
-        env.timing.max_secs + env.timing.latency_secs + 60.0,
-    )?;
-    let v = variant_syn(env, lab, Dut::Kernel, &format!("iptables/{n}"), n, progress);
+        &format!("iptables/{n}"),
+        n,
+        None,
+        progress,
+    );
     running.stop(lab)?;
     kernel_clear(lab);
     Ok((v, load))
@@ -233,17 +206,14 @@ pub fn run(
         r.variants.push(k);
     }
     for &n in counts {
-        let a = r.variant(&format!("afgate/{n}")).map(|v| v.max_rx_pps);
-        let k = r.variant(&format!("iptables/{n}")).map(|v| v.max_rx_pps);
-        if let (Some(a), Some(k)) = (a, k)
-            && k > 0.0
-        {
-            r.ratios
-                .push((format!("afgate/iptables ({n} services)"), a / k));
-        }
+        r.ratio(
+            &format!("afgate/{n}"),
+            &format!("iptables/{n}"),
+            Some(format!("afgate/iptables ({n} services)")),
+        );
     }
     r.notes.push(format!(
-        "Latency columns: one-way latency of SYNs at {} kpps (half the max rate if that is lower), each a new connection (the \"new-flow latency\"). Zero-loss not searched.",
+        "Latency columns: one-way latency of SYNs at half the zero-loss rate, at most {} kpps, each a new connection (the \"new-flow latency\"). Every trial starts with an empty connection table (kernel: conntrack -F; afgate: `afgate ctl conntrack flush`) and fresh source addresses.",
         LAT_RATE / 1e3
     ));
     Ok(r)

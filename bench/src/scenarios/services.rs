@@ -10,8 +10,17 @@ use anyhow::Result;
 
 pub const NAME: &str = "services";
 
-pub fn run(env: &Env, lab: &BenchLab, progress: &dyn Fn(&str)) -> Result<ScenarioResult> {
-    let counts = [10usize, 1_000, 10_000, 100_000];
+pub fn run(
+    env: &Env,
+    lab: &BenchLab,
+    quick: bool,
+    progress: &dyn Fn(&str),
+) -> Result<ScenarioResult> {
+    let counts: &[usize] = if quick {
+        &[10, 100_000]
+    } else {
+        &[10, 1_000, 10_000, 100_000]
+    };
     let mut r = ScenarioResult {
         name: NAME.into(),
         description: "afgate new connections per second (fresh-tuple SYNs to the last service) vs configured ClusterIP services".into(),
@@ -19,13 +28,15 @@ pub fn run(env: &Env, lab: &BenchLab, progress: &dyn Fn(&str)) -> Result<Scenari
         ..Default::default()
     };
     let p = |m: &str| progress(&format!("[{NAME}] {m}"));
-    for n in counts {
+    for &n in counts {
         match afgate_point(env, lab, n, &p) {
             Ok((v, secs)) => {
                 r.notes
                     .push(format!("afgate with {n} services: started in {secs:.1} s"));
                 if v.error.is_none() {
                     r.sweep.push((n as f64, "afgate".into(), v.max_rx_pps));
+                    r.sweep
+                        .push((n as f64, "afgate zero-loss".into(), v.zero_loss_pps));
                 }
                 r.variants.push(v);
             }

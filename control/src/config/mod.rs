@@ -10,6 +10,7 @@
 pub mod locate;
 pub mod neigh;
 mod overlay;
+pub mod reliability;
 pub mod services;
 mod types;
 

@@ -93,6 +93,14 @@ pub struct Config {
     /// When learned neighbours are refreshed and removed (see `config::neigh`).
     #[serde(default)]
     pub neighbors_aging: super::neigh::NeighAgingCfg,
+    /// Flood guard and pod source validation, both off by default (see
+    /// `config::reliability`).
+    #[serde(default)]
+    pub reliability: super::reliability::ReliabilityCfg,
+    /// Conntrack state kept across restarts and the handover socket (see
+    /// `crate::handover::RestartCfg`).
+    #[serde(default)]
+    pub restart: crate::handover::RestartCfg,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
@@ -509,6 +517,7 @@ impl Config {
         errs.extend(self.validate_overlay());
         errs.extend(self.validate_services());
         errs.extend(self.validate_neigh());
+        errs.extend(self.validate_reliability());
         errs
     }
 
@@ -587,6 +596,7 @@ impl Config {
             tables.fib.insert(net.address(), net.prefix_len(), nexthops);
         }
         tables.services = self.service_table_with_progress(progress);
+        self.build_reliability(&mut tables);
         Ok(tables)
     }
 

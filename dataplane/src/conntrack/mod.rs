@@ -38,7 +38,8 @@
 //! - A reader checks that the slot is `LIVE`, that its tuple in the entry's direction equals
 //!   the one looked up (a slot freed and reused for another flow fails this) and that it has
 //!   not expired. Stale index entries are therefore only slow, never wrong.
-//! - `update` re-reads the slot and checks it still holds `hit.flow.orig`, then CASes `meta`;
+//! - `update` checks that `meta` is still LIVE in the reuse generation the lookup read with
+//!   the flow (every kill bumps it, so the slot still holds that flow), then CASes `meta`;
 //!   the CAS fails if the flow was killed since (its life and reuse generation are in
 //!   `meta`), so an update never lands on the next flow to use the slot. Nothing is written
 //!   when the second, state and flags are unchanged: a flow's steady packets only add to
@@ -62,12 +63,16 @@
 //! are misses and are reclaimed by [`Conntrack::gc`] (incremental, from a cursor, on the
 //! control thread) or, when the table is full, by the insert that needs the room.
 
+mod shm;
 mod tcp;
 #[cfg(test)]
 mod tests;
 
+pub use shm::{Opened, Segment, ShmError};
+
 pub use tcp::{ACK, FIN, RST, SYN};
 
+use crate::mem::{Place, Region};
 use core::net::Ipv4Addr;
 use core::sync::atomic::{AtomicU32, AtomicU64, Ordering, fence};
 use crossbeam::utils::CachePadded;
@@ -224,6 +229,10 @@ pub struct Hit {
     pub flow: Flow,
     pub state: TcpState,
     pub replied: bool,
+    /// The slot's `meta` word read together with `flow`: its life and reuse generation tell
+    /// [`Conntrack::update`] whether the slot still holds this flow without reading the slot
+    /// again.
+    meta: u64,
 }
 
 /// Idle timeouts in seconds, per protocol and TCP state.
@@ -394,6 +403,19 @@ impl Meta {
     }
 }
 
+/// A slot's six words as a [`Flow`] (the inverse of [`Conntrack::write_slot`]'s packing).
+#[inline]
+fn flow_of_words(w: &[u64; 6]) -> Flow {
+    Flow {
+        orig: Tuple::from_words(w[0], w[1]),
+        reply: Tuple::from_words(w[2], w[3]),
+        service: (w[4] >> 32) as u32,
+        backend: w[4] as u32,
+        generation: (w[5] >> 32) as u32,
+        mark: w[5] as u32,
+    }
+}
+
 fn class_of(proto: u8) -> u64 {
     match proto {
         6 => CLASS_TCP,
@@ -494,7 +516,9 @@ const EARLY_DROP_WINDOW: u32 = 64;
 const READ_TRIES: usize = 8;
 const NIL: u32 = u32::MAX;
 
+// repr(C): it lives in the shared segment too (`shm`), whose layout a new build must read.
 #[derive(Default)]
+#[repr(C)]
 struct SharedStats {
     entries: AtomicU64,
     inserts: AtomicU64,
@@ -505,15 +529,19 @@ struct SharedStats {
 }
 
 /// The shared conntrack table. `Send + Sync`; share it with `Arc`.
+///
+/// The storage is on the heap ([`Conntrack::new`]) or in a shared-memory segment that a
+/// restarted afgate maps again ([`Conntrack::open_shared`], `shm.rs`); the algorithms do not
+/// know which.
 pub struct Conntrack {
-    slots: Box<[Slot]>,
-    counters: Box<[SlotCounters]>,
-    buckets: Box<[Bucket]>,
+    slots: Region<Slot>,
+    counters: Region<SlotCounters>,
+    buckets: Region<Bucket>,
     /// Treiber stack of free slots: head = tag << 32 | slot (NIL = empty).
-    free_head: CachePadded<AtomicU64>,
-    free_next: Box<[AtomicU32]>,
-    gc_cursor: CachePadded<AtomicU32>,
-    stats: CachePadded<SharedStats>,
+    free_head: Place<CachePadded<AtomicU64>>,
+    free_next: Region<AtomicU32>,
+    gc_cursor: Place<CachePadded<AtomicU32>>,
+    stats: Place<CachePadded<SharedStats>>,
     timeouts: TimeoutTable,
     capacity: u32,
 }
@@ -566,9 +594,7 @@ fn lock(word: &AtomicU64) -> BucketGuard<'_> {
 impl Conntrack {
     /// Preallocates the slots, the index and the free stack for `cfg.capacity` flows.
     pub fn new(cfg: Config) -> Self {
-        let cap = cfg.capacity.clamp(1, (SLOT_MASK - 1) as u32);
-        // Two entries per flow at a load of at most 1/3: 6 * cap / 7 buckets.
-        let nb = ((u64::from(cap) * 6).div_ceil(BUCKET_ENTRIES as u64)).max(2) as usize;
+        let (cap, nb) = Self::geometry(&cfg);
         let slots: Box<[Slot]> = crate::mem::huge_slice(cap as usize, |_| Slot::default());
         let counters: Box<[SlotCounters]> =
             crate::mem::huge_slice(cap as usize, |_| SlotCounters::default());
@@ -577,16 +603,24 @@ impl Conntrack {
             .map(|i| AtomicU32::new(if i + 1 < cap { i + 1 } else { NIL }))
             .collect();
         Conntrack {
-            slots,
-            counters,
-            buckets,
-            free_head: CachePadded::new(AtomicU64::new(0)),
-            free_next,
-            gc_cursor: CachePadded::new(AtomicU32::new(0)),
-            stats: CachePadded::new(SharedStats::default()),
+            slots: Region::heap(slots),
+            counters: Region::heap(counters),
+            buckets: Region::heap(buckets),
+            free_head: Place::heap(CachePadded::new(AtomicU64::new(0))),
+            free_next: Region::heap(free_next),
+            gc_cursor: Place::heap(CachePadded::new(AtomicU32::new(0))),
+            stats: Place::heap(CachePadded::new(SharedStats::default())),
             timeouts: TimeoutTable::new(&cfg.timeouts),
             capacity: cap,
         }
+    }
+
+    /// (slots, buckets) for `cfg`: what [`Self::new`] allocates and a shared segment must hold.
+    fn geometry(cfg: &Config) -> (u32, usize) {
+        let cap = cfg.capacity.clamp(1, (SLOT_MASK - 1) as u32);
+        // Two entries per flow at a load of at most 1/3: 6 * cap / 7 buckets.
+        let nb = ((u64::from(cap) * 6).div_ceil(BUCKET_ENTRIES as u64)).max(2) as usize;
+        (cap, nb)
     }
 
     pub fn capacity(&self) -> u32 {
@@ -659,6 +693,13 @@ impl Conntrack {
     /// A consistent snapshot of a slot's flow and meta, or None if a writer kept it busy.
     #[inline]
     fn read_slot(&self, slot: u32) -> Option<(Flow, Meta)> {
+        self.read_words(slot).map(|(w, m)| (flow_of_words(&w), m))
+    }
+
+    /// [`Self::read_slot`] as the stored words, so that a lookup compares its tuple as two
+    /// `u64`s and decodes the flow only on a match.
+    #[inline]
+    fn read_words(&self, slot: u32) -> Option<([u64; 6], Meta)> {
         let s = &self.slots[slot as usize];
         for _ in 0..READ_TRIES {
             let s1 = s.seq.load(Ordering::Acquire);
@@ -670,17 +711,7 @@ impl Conntrack {
             let meta = Meta(s.meta.load(Ordering::Relaxed));
             fence(Ordering::Acquire);
             if s.seq.load(Ordering::Relaxed) == s1 {
-                return Some((
-                    Flow {
-                        orig: Tuple::from_words(w[0], w[1]),
-                        reply: Tuple::from_words(w[2], w[3]),
-                        service: (w[4] >> 32) as u32,
-                        backend: w[4] as u32,
-                        generation: (w[5] >> 32) as u32,
-                        mark: w[5] as u32,
-                    },
-                    meta,
-                ));
+                return Some((w, meta));
             }
         }
         None
@@ -717,10 +748,52 @@ impl Conntrack {
         }
     }
 
-    /// Finds the live, unexpired flow holding tuple `t` (hash `h`).
+    /// Finds the live, unexpired flow holding tuple `t` (hash `h`). The packet path: the
+    /// home bucket's seven entries in a plain loop, the general [`Self::scan`] only when
+    /// some tuple of this home overflowed into the next buckets.
     #[inline]
     fn find(&self, t: &Tuple, h: u32, now: u32) -> Option<Hit> {
-        self.scan(t, h, now, false)
+        let home = &self.buckets[self.bucket_of(h)];
+        if home.ctl.load(Ordering::Acquire) >= OVERFLOW_ONE {
+            return self.scan(t, h, now, false);
+        }
+        let sig = u64::from(h) << 32;
+        let key = t.words();
+        for e in &home.e {
+            let v = e.load(Ordering::Acquire);
+            if v & !(DIR_BIT | SLOT_MASK) != sig || v == 0 {
+                continue;
+            }
+            if let Some(hit) = self.hit_of(v, key, now) {
+                return Some(hit);
+            }
+        }
+        None
+    }
+
+    /// The flow behind index entry `v` if it is live, unexpired and holds `key` (a tuple's
+    /// words) in the entry's direction.
+    #[inline]
+    fn hit_of(&self, v: u64, key: (u64, u64), now: u32) -> Option<Hit> {
+        let slot = ((v & SLOT_MASK) - 1) as u32;
+        let dir = if v & DIR_BIT != 0 {
+            Dir::Reply
+        } else {
+            Dir::Original
+        };
+        let (w, m) = self.read_words(slot)?;
+        let at = if dir == Dir::Original { 0 } else { 2 };
+        if m.life() != LIFE_LIVE || (w[at], w[at + 1]) != key || self.timeouts.expired(m, now) {
+            return None;
+        }
+        Some(Hit {
+            slot,
+            dir,
+            flow: flow_of_words(&w),
+            state: m.state(),
+            replied: m.replied(),
+            meta: m.0,
+        })
     }
 
     /// With `reclaim` (inserts, under the bucket lock), also frees every expired flow that
@@ -766,6 +839,7 @@ impl Conntrack {
                     flow,
                     state: m.state(),
                     replied: m.replied(),
+                    meta: m.0,
                 });
                 if !reclaim {
                     break;
@@ -979,8 +1053,8 @@ impl Conntrack {
         // Counted before it can be killed, so `entries` never dips below zero.
         self.stats.entries.fetch_add(1, Ordering::Relaxed);
         let s = &self.slots[slot as usize];
-        let m = Meta(s.meta.load(Ordering::Relaxed));
-        s.meta.store(m.with_life(LIFE_LIVE).0, Ordering::Release);
+        let live = Meta(s.meta.load(Ordering::Relaxed)).with_life(LIFE_LIVE);
+        s.meta.store(live.0, Ordering::Release);
         self.stats.inserts.fetch_add(1, Ordering::Relaxed);
         Ok(Hit {
             slot,
@@ -988,6 +1062,7 @@ impl Conntrack {
             flow,
             state: TcpState::None,
             replied: false,
+            meta: live.0,
         })
     }
 
@@ -1001,17 +1076,18 @@ impl Conntrack {
     /// `tcp_flags` (0 for non-TCP) in direction `dir`, marks the flow replied when
     /// `dir == Reply`, and counts the packet and its bytes. A no-op if `hit.slot` no longer
     /// holds `hit.flow` (removed or expired and reused meanwhile).
+    #[inline]
     pub fn update(&self, hit: &Hit, dir: Dir, tcp_flags: u8, bytes: u32, now_s: u32) {
         let Some(slot) = self.slots.get(hit.slot as usize) else {
             return;
         };
-        let Some((flow, mut m)) = self.read_slot(hit.slot) else {
-            return;
-        };
-        if m.life() != LIFE_LIVE || flow.orig != hit.flow.orig {
+        // Every kill bumps the reuse generation, so a slot that is LIVE in the generation
+        // `hit` saw still holds `hit.flow`: no second seqlock read of the flow.
+        let reuse = Meta(hit.meta).reuse();
+        let mut m = Meta(slot.meta.load(Ordering::Relaxed));
+        if m.life() != LIFE_LIVE || m.reuse() != reuse {
             return;
         }
-        let reuse = m.reuse();
         loop {
             let (state, fins) = if m.class() == CLASS_TCP {
                 tcp::next(m.state(), m.fins(), dir, tcp_flags)

@@ -1,6 +1,6 @@
 //! First stage: is this a frame for us at all, and which protocol handles it.
 
-use super::{Action, Ctx, RxMeta, arp, local, route};
+use super::{Action, Ctx, RxMeta, antispoof, arp, local, route};
 use crate::counters::DropReason;
 use crate::frame::Frame;
 use crate::wire::{EtherType, EthernetAddress, EthernetFrame, Ipv4Packet, ethernet};
@@ -27,7 +27,10 @@ pub fn run(frame: &mut Frame, meta: &RxMeta, ctx: &Ctx) -> Action {
         eth.ethertype()
     );
     match eth.ethertype() {
-        EtherType::Arp => arp::run(frame, meta, ctx),
+        EtherType::Arp => match antispoof::check_arp(frame, meta, ctx) {
+            Ok(()) => arp::run(frame, meta, ctx),
+            Err(reason) => Action::Drop(reason),
+        },
         EtherType::Ipv4 => ipv4(frame, meta, ctx),
         EtherType::Ipv6 => Action::Drop(DropReason::Ipv6),
         _ => Action::Drop(DropReason::UnsupportedEthertype),
@@ -45,6 +48,9 @@ fn ipv4(frame: &mut Frame, meta: &RxMeta, ctx: &Ctx) -> Action {
     }
     if !ip.verify_checksum() {
         return Action::Drop(DropReason::BadIpChecksum);
+    }
+    if let Err(reason) = antispoof::check_ipv4(ip.src_addr(), meta, ctx) {
+        return Action::Drop(reason);
     }
     // Trailing Ethernet padding (frames shorter than 60 bytes) is not part of the packet.
     let end = ethernet::HEADER_LEN + ip.total_len() as usize;

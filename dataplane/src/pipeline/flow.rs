@@ -1,7 +1,10 @@
 //! Flow hashing: one hash of the 5-tuple picks the ECMP next hop (and, later, the bond
 //! member and the VXLAN source port), so all packets of a flow take one path.
 
-use crate::wire::{IpProtocol, Ipv4Packet};
+use crate::wire::Ipv4Packet;
+
+const TCP: u8 = 6;
+const UDP: u8 = 17;
 
 /// A 5-tuple hash, symmetric in neither direction (a flow and its reply may hash apart,
 /// as Linux's layer3+4 policy does).
@@ -9,9 +12,9 @@ use crate::wire::{IpProtocol, Ipv4Packet};
 pub fn hash_v4(ip: &Ipv4Packet<&[u8]>) -> u32 {
     let src = u32::from(ip.src_addr());
     let dst = u32::from(ip.dst_addr());
-    let proto = u8::from(ip.next_header());
-    let ports = match ip.next_header() {
-        IpProtocol::Tcp | IpProtocol::Udp if !ip.is_fragment() => {
+    let proto = ip.protocol();
+    let ports = match proto {
+        TCP | UDP if !ip.is_fragment() => {
             let p = ip.payload();
             if p.len() >= 4 {
                 u32::from_be_bytes([p[0], p[1], p[2], p[3]])

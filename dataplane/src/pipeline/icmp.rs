@@ -75,6 +75,10 @@ pub fn error(
     icmp.set_code(code);
     icmp.set_rest_of_header(rest);
     icmp.fill_checksum();
+    // The frame may already have been DNATed/SNATed (TTL or MTU of a service flow): the
+    // sender knows only the untranslated packet, so the error is translated back as a
+    // RELATED one, as netfilter does with the errors the node itself sends about NATed flows.
+    super::service::related(frame, ctx);
     ctx.counters.event(match msg {
         Message::TimeExceeded => Event::IcmpTimeExceededSent,
         _ => Event::IcmpUnreachableSent,

@@ -14,10 +14,12 @@
 //! - [`egress`]: from next hop to physical port: VXLAN encapsulation ([`vxlan`]), next-hop
 //!   MAC or ARP request ([`neigh`]), 802.1Q push, bond member choice.
 
+pub mod antispoof;
 pub mod arp;
 pub mod bond;
 pub mod classify;
 pub mod egress;
+pub mod flood;
 pub mod flow;
 pub mod icmp;
 pub mod local;
@@ -63,6 +65,14 @@ impl Trace {
         self.steps.borrow_mut().push((stage, what));
     }
 
+    /// What [`trace_step!`] calls: out of line and cold, so that with tracing off a step costs
+    /// the one `if let Some` branch and none of its formatting code sits in the hot path.
+    #[cold]
+    #[inline(never)]
+    pub fn note_args(&self, stage: &'static str, what: core::fmt::Arguments<'_>) {
+        self.note(stage, what.to_string());
+    }
+
     pub fn steps(&self) -> Vec<(&'static str, String)> {
         self.steps.borrow().clone()
     }
@@ -73,7 +83,7 @@ impl Trace {
 macro_rules! trace_step {
     ($ctx:expr, $stage:literal, $($arg:tt)*) => {
         if let Some(t) = $ctx.trace {
-            t.note($stage, format!($($arg)*));
+            t.note_args($stage, format_args!($($arg)*));
         }
     };
 }

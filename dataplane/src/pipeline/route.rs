@@ -1,13 +1,14 @@
 //! Forwarding: longest-prefix match on the destination, TTL and MTU checks (the MTU of the
 //! egress interface: 1450 for the VXLAN overlay), then [`super::egress::to_nexthop`]: VXLAN
 //! encapsulation, the next hop's MAC from the neighbour cache — or, when it is unknown, the
-//! frame is turned into an ARP request for that neighbour (the packet itself is lost,
-//! counted; its sender retries) — VLAN tag and bond member.
+//! frame is turned into an ARP request for that neighbour (a copy of the packet waits in
+//! the ARP pending queue until the reply) — VLAN tag and bond member.
 
 use super::{Action, Ctx, RxMeta, flow, icmp};
 use crate::counters::DropReason;
 use crate::frame::Frame;
 use crate::tables::Port;
+use crate::tables::overlay::PortKind;
 use crate::tables::ports::{POD_GATEWAY, PortRole};
 use crate::wire::icmp::{DstUnreachable, Message, TimeExceeded};
 use crate::wire::{Ipv4Packet, ethernet};
@@ -79,10 +80,16 @@ pub fn forward(frame: &mut Frame, meta: &RxMeta, ctx: &Ctx) -> Action {
 }
 
 /// The address afgate speaks from on `port` when it originates a frame there: the port's
-/// own address, on a pod port the pod gateway (the only address pods know the node by),
+/// own address, on a pod port the pod gateway (the only address pods know the node by), on
+/// a VXLAN interface its VTEP's (the ctl address: MASQUERADE towards the overlay, SPEC B5),
 /// else the first address of any port.
 pub fn source_addr(port: &Port, ctx: &Ctx) -> Option<Ipv4Addr> {
+    // The tunnel first: a VXLAN interface's role is whatever its config defaulted to.
     port.primary_addr()
+        .or_else(|| match port.kind {
+            PortKind::Vxlan { index } => ctx.tables.vxlan.overlay(index).map(|o| o.local),
+            _ => None,
+        })
         .or(if port.role == PortRole::Pod {
             Some(POD_GATEWAY)
         } else {
@@ -136,6 +143,22 @@ mod tests {
     }
 
     #[test]
+    fn a_vxlan_interface_speaks_from_its_vtep_address() {
+        let lab = Lab::overlay();
+        let ctx = lab.ctx();
+        // As the control plane builds it (`config::overlay`): role pod.
+        let vx = Port {
+            role: PortRole::Pod,
+            ..lab.tables.ports.get(VXLAN).unwrap().clone()
+        };
+        assert_eq!(
+            source_addr(&vx, &ctx),
+            Some(CTL_IP),
+            "not the first port's (biz)"
+        );
+    }
+
+    #[test]
     fn unresolved_neighbour_becomes_arp_request() {
         let lab = Lab::new();
         let f = udp_frame(GW_MAC, lab.mac(BIZ), EXT_IP, POD41_IP, 30, 53, 1000, b"x");
@@ -147,7 +170,8 @@ mod tests {
         let req = ArpRepr::parse(&ArpPacket::new_checked(&out.frame[14..]).unwrap()).unwrap();
         assert_eq!(req.target_protocol_addr, POD41_IP);
         assert_eq!(req.source_protocol_addr, POD_GATEWAY);
-        assert_eq!(lab.drop(DropReason::NeighUnresolved), 1);
+        // The frame itself waits for the reply (`pipeline::neigh`).
+        assert_eq!(lab.event(Event::NeighQueued), 1);
     }
 
     #[test]

@@ -92,10 +92,12 @@ pub fn run(frame: &mut Frame, meta: &RxMeta, ctx: &Ctx) -> Next {
         }
         return masquerade_only(frame, meta, ctx, &t, flags, bytes);
     }
-    match services.lookup(t.dst, t.dport, t.proto, ctx.tables.is_local(t.dst)) {
+    match services.lookup_with(t.dst, t.dport, t.proto, || ctx.tables.is_local(t.dst)) {
         Some((svc, fe)) => new_flow(frame, meta, ctx, svc, fe, &t, flags, bytes),
         None if services.is_vip(t.dst) => Next::Done(Action::Drop(DropReason::VipNoService)),
-        None => masquerade_only(frame, meta, ctx, &t, flags, bytes),
+        // A reply of a flow the flood guard did not track (`pipeline::flood`).
+        None => super::flood::reply(frame, ctx, &t)
+            .unwrap_or_else(|| masquerade_only(frame, meta, ctx, &t, flags, bytes)),
     }
 }
 
@@ -160,6 +162,10 @@ fn new_flow(
         );
         ctx.counters.event(Event::ServiceReject);
         return Next::Done(reject(frame, meta, ctx, t));
+    }
+    // Above the flood guard's rate, ClusterIP flows go by Maglev untracked.
+    if let Some(next) = super::flood::new_flow(frame, meta, ctx, svc, fe, t, flags) {
+        return next;
     }
     let now = ctx.now_s;
     let id = svc.id();
@@ -345,8 +351,9 @@ fn commit(
 }
 
 /// ICMP errors about a tracked flow (RELATED): translated back so that the peer that sent
-/// the quoted packet recognises it.
-fn related(frame: &mut Frame, ctx: &Ctx) -> Next {
+/// the quoted packet recognises it. Also applied by `icmp::error` to the errors afgate
+/// builds itself.
+pub(super) fn related(frame: &mut Frame, ctx: &Ctx) -> Next {
     let l3 = &frame.data()[ethernet::HEADER_LEN..];
     let ip = Ipv4Packet::new_unchecked(l3);
     let Some(msg) = nat::icmp_error_payload(&ip) else {
@@ -1057,6 +1064,51 @@ mod tests {
             udp.calc_checksum_ipv4(&inner, &quoted[28..]).unwrap(),
             udp.checksum
         );
+    }
+
+    #[test]
+    fn afgates_own_icmp_errors_about_translated_packets_are_translated_back() {
+        // TTL 1 to a ClusterIP: afgate DNATs, then the route stage answers time exceeded
+        // about the DNATed packet; the client must see the VIP it sent to, not the backend.
+        let lab = lab_with(vec![svc(
+            2,
+            DNS_VIP,
+            53,
+            PROTO_UDP,
+            vec![be(POD41_IP, 5353)],
+        )]);
+        let q = udp_frame(
+            POD60_MAC,
+            lab.mac(POD60),
+            POD60_IP,
+            DNS_VIP,
+            1,
+            40000,
+            53,
+            b"query",
+        );
+        let out = lab.run(POD60, q.clone());
+        assert_eq!(out.action, Action::Tx(POD60));
+        let ip = Ipv4Packet::new_checked(&out.frame[14..]).unwrap();
+        assert!(ip.verify_checksum());
+        assert_eq!((ip.src_addr(), ip.dst_addr()), (POD_GATEWAY, POD60_IP));
+        let icmp = IcmpPacket::new_checked(ip.payload()).unwrap();
+        assert_eq!(icmp.msg_type(), Message::TimeExceeded);
+        assert!(icmp.verify_checksum(), "equals a full recomputation");
+        let quoted = icmp.payload();
+        let inner = etherparse::Ipv4HeaderSlice::from_slice(quoted)
+            .unwrap()
+            .to_header();
+        assert_eq!(inner.calc_header_checksum(), inner.header_checksum);
+        assert_eq!(
+            (inner.source, inner.destination),
+            (POD60_IP.octets(), DNS_VIP.octets())
+        );
+        // Only the first 8 bytes of UDP are quoted: ports, length, and the checksum the
+        // client computed (translated back to its original value).
+        assert_eq!(&quoted[20..28], &q[34..42]);
+        assert_eq!(lab.event(Event::NatIcmpRelated), 1);
+        assert_eq!(lab.event(Event::ServiceNewFlow), 1);
     }
 
     #[test]

@@ -121,7 +121,7 @@ pub fn decap(frame: &mut Frame, meta: &RxMeta, ctx: &Ctx) -> Option<Action> {
     }
     let (outer_len, vni, src) = {
         let ip = Ipv4Packet::new_unchecked(&frame.data()[ethernet::HEADER_LEN..]);
-        if ip.next_header() != IpProtocol::Udp
+        if ip.protocol() != u8::from(IpProtocol::Udp)
             || ip.is_fragment()
             || !ctx.tables.is_local(ip.dst_addr())
         {

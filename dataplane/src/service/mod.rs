@@ -596,8 +596,55 @@ pub struct ServiceTable {
     by_id: Sharded<IdEntry>,
     /// Every ClusterIP / external / LB address: ICMP echo to these is answered.
     vips: Sharded<VipEntry>,
+    /// The addresses of `vips`, as a filter the packet path asks first: most packets are
+    /// not to a service, and a zero counter says so with one load instead of two hash
+    /// probes (frontend and VIP index).
+    vip_filter: VipFilter,
+    /// NodePort frontends: while there are none, a lookup never asks whether the destination
+    /// is a node address.
+    node_ports: usize,
     slots: Slots,
     pub masquerade: Vec<MasqRule>,
+}
+
+/// log2 of [`VipFilter`]'s counters.
+const VIP_FILTER_BITS: u32 = 14;
+
+/// A counting filter over VIP addresses: a zero counter proves an address is no VIP. Shared
+/// copy-on-write between snapshots (one 16 KiB copy on the first change after a clone);
+/// counters saturate and then stay set, which only costs the probe the filter would save.
+#[derive(Debug, Clone)]
+struct VipFilter(Arc<[u8; 1 << VIP_FILTER_BITS]>);
+
+impl Default for VipFilter {
+    fn default() -> Self {
+        VipFilter(Arc::new([0; 1 << VIP_FILTER_BITS]))
+    }
+}
+
+impl VipFilter {
+    /// Fibonacci hashing: the top bits of the product depend on every bit of the address.
+    #[inline]
+    fn index(addr: u32) -> usize {
+        (addr.wrapping_mul(0x9E37_79B1) >> (32 - VIP_FILTER_BITS)) as usize
+    }
+
+    #[inline]
+    fn may_contain(&self, addr: u32) -> bool {
+        self.0[Self::index(addr)] != 0
+    }
+
+    fn add(&mut self, addr: u32) {
+        let c = &mut Arc::make_mut(&mut self.0)[Self::index(addr)];
+        *c = c.saturating_add(1);
+    }
+
+    fn remove(&mut self, addr: u32) {
+        let c = &mut Arc::make_mut(&mut self.0)[Self::index(addr)];
+        if *c != u8::MAX {
+            *c = c.saturating_sub(1);
+        }
+    }
 }
 
 impl ServiceTable {
@@ -674,8 +721,11 @@ impl ServiceTable {
                     Some(v) => v.refs += 1,
                     None => {
                         self.vips.insert(VipEntry { addr, refs: 1 });
+                        self.vip_filter.add(addr);
                     }
                 }
+            } else {
+                self.node_ports += 1;
             }
         }
         self.by_id.insert(IdEntry(svc));
@@ -687,15 +737,18 @@ impl ServiceTable {
         for (k, fe) in Self::frontends(spec) {
             // A spec may list one key twice (a ClusterIP that is also an external IP); the
             // second removal finds it gone. VIP counts follow the list, so they still match.
-            self.by_front.remove(k);
+            let removed = self.by_front.remove(k).is_some();
             if fe != Frontend::NodePort {
                 let addr = u64::from((k >> 32) as u32);
                 if let Some(v) = self.vips.get_mut(addr) {
                     v.refs -= 1;
                     if v.refs == 0 {
                         self.vips.remove(addr);
+                        self.vip_filter.remove(addr as u32);
                     }
                 }
+            } else if removed {
+                self.node_ports -= 1;
             }
         }
     }
@@ -722,23 +775,42 @@ impl ServiceTable {
         proto: u8,
         dst_is_local: bool,
     ) -> Option<(&Service, Frontend)> {
+        self.lookup_with(dst, port, proto, || dst_is_local)
+    }
+
+    /// [`Self::lookup`] for the packet path: `dst_is_local` is asked only when a NodePort
+    /// could match (the destination is no VIP and NodePorts exist), and a destination the
+    /// VIP filter rules out costs no hash probe.
+    #[inline]
+    pub fn lookup_with(
+        &self,
+        dst: Ipv4Addr,
+        port: u16,
+        proto: u8,
+        dst_is_local: impl FnOnce() -> bool,
+    ) -> Option<(&Service, Frontend)> {
         if self.by_front.len == 0 {
             return None;
         }
-        let hit = self.by_front.get(key(dst, port, proto)).or_else(|| {
-            if dst_is_local {
-                self.by_front.get(key(Ipv4Addr::UNSPECIFIED, port, proto))
-            } else {
-                None
-            }
-        })?;
+        if self.vip_filter.may_contain(u32::from(dst))
+            && let Some(hit) = self.by_front.get(key(dst, port, proto))
+        {
+            return Some((&hit.svc, hit.fe));
+        }
+        if self.node_ports == 0 || !dst_is_local() {
+            return None;
+        }
+        let hit = self.by_front.get(key(Ipv4Addr::UNSPECIFIED, port, proto))?;
         Some((&hit.svc, hit.fe))
     }
 
     /// `addr` is a ClusterIP, external IP or load-balancer IP of some service.
     #[inline]
     pub fn is_vip(&self, addr: Ipv4Addr) -> bool {
-        self.vips.len != 0 && self.vips.get(u64::from(u32::from(addr))).is_some()
+        let a = u32::from(addr);
+        self.vips.len != 0
+            && self.vip_filter.may_contain(a)
+            && self.vips.get(u64::from(a)).is_some()
     }
 
     /// Every service, in no particular order.
@@ -797,6 +869,8 @@ pub struct WorkerLocal {
     /// different offsets, so they rarely race for one port; a race is caught by conntrack's
     /// clash check anyway.
     port_next: Cell<u32>,
+    /// This worker's new-flow rate, for the flood guard (`pipeline::flood`).
+    pub flood: crate::pipeline::flood::WorkerFlood,
 }
 
 /// Ports SNAT may pick (Linux's default `ip_local_port_range` is 32768–60999).
@@ -814,6 +888,7 @@ impl WorkerLocal {
             ),
             // Eight evenly spaced starting points (more workers share them).
             port_next: Cell::new((index as u32 % 8) * (SNAT_SPAN / 8)),
+            flood: Default::default(),
         }
     }
 

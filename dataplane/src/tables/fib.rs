@@ -54,6 +54,30 @@ fn mask(len: u8) -> u32 {
     }
 }
 
+/// Counters per prefix length of a [`LenFilter`]: 2^12.
+const FILTER_BITS: u32 = 12;
+const FILTER_SIZE: usize = 1 << FILTER_BITS;
+
+/// A counting filter over the networks of one prefix length: a zero counter proves the
+/// length has no route for a destination, so a lookup skips that length's hash probe. Most
+/// forwarded packets miss every /32 pod route and every pod subnet before they match (the
+/// default route, or one pod's /32 among many); the filter turns each such miss into one
+/// load instead of a hash-map probe.
+#[derive(Debug, Clone)]
+struct LenFilter {
+    len: u8,
+    mask: u32,
+    /// Routes of this length per filter index (saturating: a full counter stays full).
+    counts: Box<[u16; FILTER_SIZE]>,
+}
+
+/// Fibonacci hashing of a masked network: multiply by 2^32/φ and keep the top bits, which
+/// depend on every bit of the network (its low host bits are zero).
+#[inline]
+fn filter_index(net: u32) -> usize {
+    (net.wrapping_mul(0x9E37_79B1) >> (32 - FILTER_BITS)) as usize
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct Fib {
     /// Prefix lengths present, longest first.
@@ -61,6 +85,11 @@ pub struct Fib {
     /// `tables[len]`: network (host order) → route. `Arc` so that cloning the table to build
     /// the next snapshot copies pointers, not next-hop vectors.
     tables: Vec<HashMap<u32, Arc<Route>>>,
+    /// The lengths of `lens` except 0, longest first, each with its filter: what a lookup
+    /// probes.
+    probes: Vec<LenFilter>,
+    /// The default route (0.0.0.0/0), answered without a probe when nothing longer matches.
+    default: Option<Arc<Route>>,
 }
 
 impl Fib {
@@ -68,6 +97,40 @@ impl Fib {
         Fib {
             lens: Vec::new(),
             tables: (0..=32).map(|_| HashMap::new()).collect(),
+            probes: Vec::new(),
+            default: None,
+        }
+    }
+
+    /// Keeps `probes` and `default` in step with a route of `len` for `net` being added
+    /// (`delta` 1) or removed (-1).
+    fn index_changed(&mut self, len: u8, net: u32, delta: i32) {
+        if len == 0 {
+            self.default = self.tables[0].get(&0).cloned();
+            return;
+        }
+        let at = match self.probes.iter().position(|p| p.len == len) {
+            Some(i) => i,
+            None => {
+                self.probes.push(LenFilter {
+                    len,
+                    mask: mask(len),
+                    counts: Box::new([0; FILTER_SIZE]),
+                });
+                self.probes.sort_unstable_by(|a, b| b.len.cmp(&a.len));
+                self.probes.iter().position(|p| p.len == len).unwrap_or(0)
+            }
+        };
+        let c = &mut self.probes[at].counts[filter_index(net)];
+        if *c != u16::MAX {
+            *c = if delta > 0 {
+                *c + 1
+            } else {
+                c.saturating_sub(1)
+            };
+        }
+        if self.tables[len as usize].is_empty() {
+            self.probes.remove(at);
         }
     }
 
@@ -83,20 +146,29 @@ impl Fib {
             len,
             nexthops,
         };
-        self.tables[len as usize].insert(net, Arc::new(route));
+        let added = self.tables[len as usize]
+            .insert(net, Arc::new(route))
+            .is_none();
         if !self.lens.contains(&len) {
             self.lens.push(len);
             self.lens.sort_unstable_by(|a, b| b.cmp(a));
+        }
+        if added || len == 0 {
+            self.index_changed(len, net, 1);
         }
     }
 
     /// Removes the route for exactly `prefix/len`; returns it if it existed.
     pub fn remove(&mut self, prefix: Ipv4Addr, len: u8) -> Option<Arc<Route>> {
         let len = len.min(32);
+        let net = u32::from(prefix) & mask(len);
         let table = self.tables.get_mut(len as usize)?;
-        let removed = table.remove(&(u32::from(prefix) & mask(len)));
+        let removed = table.remove(&net);
         if table.is_empty() {
             self.lens.retain(|l| *l != len);
+        }
+        if removed.is_some() {
+            self.index_changed(len, net, -1);
         }
         removed
     }
@@ -105,12 +177,15 @@ impl Fib {
     #[inline]
     pub fn lookup(&self, dst: Ipv4Addr) -> Option<&Route> {
         let dst = u32::from(dst);
-        for &len in &self.lens {
-            if let Some(r) = self.tables[len as usize].get(&(dst & mask(len))) {
+        for p in &self.probes {
+            let net = dst & p.mask;
+            if p.counts[filter_index(net)] != 0
+                && let Some(r) = self.tables[p.len as usize].get(&net)
+            {
                 return Some(r);
             }
         }
-        None
+        self.default.as_deref()
     }
 
     pub fn get(&self, prefix: Ipv4Addr, len: u8) -> Option<&Route> {
@@ -203,6 +278,38 @@ mod tests {
                 model.push((net, *l, i as u16));
             }
             for d in probes {
+                let want = model.iter().filter(|(n, l, _)| d & mask(*l) == *n).max_by_key(|(_, l, _)| *l).map(|m| m.2);
+                let got = f.lookup(Ipv4Addr::from(d)).map(|r| r.nexthops[0].port.0);
+                prop_assert_eq!(want, got);
+            }
+        }
+
+        /// Removing routes keeps the lookup filters exact: after any mix of inserts and
+        /// removals (some of the same prefix), lookups still equal a linear scan, and probes
+        /// land on the routes' own networks too (not only random addresses).
+        #[test]
+        fn removals_keep_matching_linear_scan(
+            routes in proptest::collection::vec((any::<u32>(), 0u8..=32, any::<bool>()), 1..60),
+            probes in proptest::collection::vec(any::<u32>(), 1..30),
+        ) {
+            let mut f = Fib::new();
+            let mut model: Vec<(u32, u8, u16)> = Vec::new();
+            for (i, (p, l, keep)) in routes.iter().enumerate() {
+                // Few distinct prefixes, so that removals hit routes that exist.
+                let p = p & 0xff00_00ff;
+                let net = p & mask(*l);
+                if *keep {
+                    f.insert(Ipv4Addr::from(p), *l, nh(i as u16));
+                    model.retain(|(n, ml, _)| !(*n == net && *ml == *l));
+                    model.push((net, *l, i as u16));
+                } else {
+                    let had = model.iter().any(|(n, ml, _)| *n == net && *ml == *l);
+                    prop_assert_eq!(f.remove(Ipv4Addr::from(p), *l).is_some(), had);
+                    model.retain(|(n, ml, _)| !(*n == net && *ml == *l));
+                }
+            }
+            prop_assert_eq!(f.len(), model.len());
+            for d in probes.into_iter().chain(model.iter().map(|m| m.0)) {
                 let want = model.iter().filter(|(n, l, _)| d & mask(*l) == *n).max_by_key(|(_, l, _)| *l).map(|m| m.2);
                 let got = f.lookup(Ipv4Addr::from(d)).map(|r| r.nexthops[0].port.0);
                 prop_assert_eq!(want, got);

@@ -36,6 +36,10 @@ pub struct Tables {
     /// Services, their backends and scheduler tables, and MASQUERADE rules
     /// (`pipeline::service`).
     pub services: crate::service::ServiceTable,
+    /// Allowed source prefixes per pod port (`pipeline::antispoof`); empty: no validation.
+    pub antispoof: crate::pipeline::antispoof::AntiSpoof,
+    /// The new-flow rate above which ClusterIP flows go untracked (`pipeline::flood`).
+    pub flood_guard: crate::pipeline::flood::FloodGuard,
 }
 
 impl Tables {
@@ -51,6 +55,9 @@ pub struct Shared {
     pub neigh: NeighCache,
     /// One ARP request per unresolved neighbour per second (`pipeline::neigh`).
     pub arp_limit: neigh::ArpLimiter,
+    /// Frames waiting for their next hop's ARP reply (`pipeline::neigh`), sent by whichever
+    /// worker sees the neighbour resolve.
+    pub arp_pending: neigh::PendingArp,
     /// ClientIP session affinity (`service::affinity`).
     pub affinity: crate::service::Affinity,
     /// Flows per service backend for the `lc` scheduler (`service::affinity::LcCounts`).
@@ -76,12 +83,21 @@ impl Shared {
     }
 
     pub fn with_conntrack(neigh_capacity: usize, conntrack: crate::conntrack::Config) -> Self {
+        Shared::with_conntrack_table(neigh_capacity, crate::conntrack::Conntrack::new(conntrack))
+    }
+
+    /// With a table built elsewhere (a shared segment adopted across restarts).
+    pub fn with_conntrack_table(
+        neigh_capacity: usize,
+        conntrack: crate::conntrack::Conntrack,
+    ) -> Self {
         Shared {
             neigh: NeighCache::new(neigh_capacity),
             arp_limit: neigh::ArpLimiter::new(neigh_capacity.min(4096)),
+            arp_pending: neigh::PendingArp::new(),
             affinity: crate::service::Affinity::default(),
             lc: crate::service::LcCounts::default(),
-            conntrack: crate::conntrack::Conntrack::new(conntrack),
+            conntrack,
         }
     }
 }

@@ -5,6 +5,9 @@
 //! never write shared memory and never wait; a writer that finds a slot being written by
 //! another worker gives up (the next ARP frame will teach the same thing), so no one ever
 //! spins on another core. Address 0.0.0.0 marks an empty slot; it is never a neighbour.
+//!
+//! Also here: [`ArpLimiter`] (one request per unresolved neighbour per second) and
+//! [`PendingArp`] (the bounded queue of frames waiting for a neighbour's ARP reply).
 
 use super::ports::PortId;
 use core::net::Ipv4Addr;
@@ -288,13 +291,9 @@ pub const EXPIRE_AFTER_S: u32 = 330;
 /// Rate limit for ARP requests the packet path sends: at most one per neighbour per
 /// [`ArpLimiter::INTERVAL_MS`], whichever worker sends it.
 ///
-/// Why a limiter and not a queue of frames waiting for resolution: a pending queue must
-/// hold UMEM frames across passes, which ties the pure pipeline to the worker's frame
-/// ownership, and a burst towards an unresolved neighbour would pin frames the fill rings
-/// need. Like Linux with `unres_qlen` 0, the first packet becomes the request and the rest
-/// are dropped (counted as `neigh_rate_limited`) until the reply arrives, normally within a
-/// round trip; TCP and ping retransmit. The limiter keeps a flood to an absent neighbour from
-/// becoming a flood of broadcasts.
+/// Frames to an unresolved neighbour wait in [`PendingArp`] (a few per neighbour, a global
+/// bound); the limiter keeps a flood to an absent neighbour from becoming a flood of
+/// broadcasts, and what does not fit the queue is dropped (`neigh_queue_full`).
 ///
 /// Lossy by design: one word per slot, `(ip << 32) | ms`; two neighbours hashing to one
 /// slot may each send an extra request, never fewer than one per interval.
@@ -332,6 +331,230 @@ impl ArpLimiter {
         }
         slot.compare_exchange(old, new, Ordering::Relaxed, Ordering::Relaxed)
             .is_ok()
+    }
+}
+
+/// Frames waiting for ARP resolution of their next hop (Linux's `unres_qlen`, per
+/// neighbour, with a global bound on top).
+///
+/// Frames are **copied** into preallocated slots here rather than held in their UMEM frame:
+/// - the ARP reply may arrive on another worker, and a UMEM frame can only be sent by the
+///   worker that owns it; a copy can be sent by whichever worker sees the neighbour resolve;
+/// - held UMEM frames would be taken from the fill rings for up to the timeout, and a burst
+///   towards an absent neighbour would starve reception; this queue costs a fixed 100 KiB;
+/// - the pipeline stays a function of one frame: the original frame still becomes the ARP
+///   request, as before, so no new `Action` is needed.
+///
+/// The copy costs one memcpy for the first few frames of a flow to a new neighbour, never
+/// for established traffic.
+///
+/// Layout: [`PENDING_BUCKETS`] buckets of [`PENDING_PER_NEIGH`] slots; a neighbour's frames
+/// go to the bucket its address hashes to, which bounds them per neighbour (two unresolved
+/// neighbours in one bucket share it). Each slot is claimed by a CAS on its state word
+/// (`ip << 32 | tag`), filled, then published; releasing claims it again by CAS, so two
+/// workers never send the same frame and no one waits on another. The bytes are atomics
+/// (written and read relaxed, ordered by the state word), so no `unsafe` is needed.
+#[derive(Debug)]
+pub struct PendingArp {
+    /// Held slots, a hint for the worker's once-per-pass "anything to do?" check.
+    held: AtomicU32,
+    slots: Box<[PendingSlot]>,
+}
+
+/// Frames one neighbour may have waiting.
+pub const PENDING_PER_NEIGH: usize = 4;
+/// Buckets of [`PENDING_PER_NEIGH`] slots: 64 frames in all.
+pub const PENDING_BUCKETS: usize = 16;
+/// Largest frame a slot holds: an Ethernet frame of a 1500-byte packet, or a VXLAN frame of
+/// a 1450-byte inner packet. Larger (jumbo) frames are not held.
+pub const PENDING_FRAME_LEN: usize = 1536;
+/// How long a frame waits: Linux's default for an unanswered neighbour (3 probes, 1 s apart,
+/// `mcast_solicit` × `retrans_time`); the limiter sends one request a second meanwhile.
+pub const PENDING_TIMEOUT_MS: u32 = 3000;
+
+const TAG_FREE: u64 = 0;
+const TAG_WRITING: u64 = 1;
+const TAG_HELD: u64 = 2;
+const TAG_SENDING: u64 = 3;
+const TAG_MASK: u64 = 3;
+
+#[derive(Debug)]
+struct PendingSlot {
+    /// `ip << 32 | tag`; tag free / writing / held / sending.
+    state: AtomicU64,
+    /// `port << 16 | len`.
+    port_len: AtomicU32,
+    /// Dataplane clock in ms after which the frame is dropped.
+    deadline_ms: AtomicU32,
+    bytes: [AtomicU64; PENDING_FRAME_LEN / 8],
+}
+
+impl Default for PendingSlot {
+    fn default() -> Self {
+        PendingSlot {
+            state: AtomicU64::new(TAG_FREE),
+            port_len: AtomicU32::new(0),
+            deadline_ms: AtomicU32::new(0),
+            bytes: core::array::from_fn(|_| AtomicU64::new(0)),
+        }
+    }
+}
+
+/// Why [`PendingArp::park`] did not take a frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ParkError {
+    /// Every slot of the neighbour's bucket is in use.
+    Full,
+    /// Larger than [`PENDING_FRAME_LEN`].
+    TooBig,
+}
+
+/// A frame taken off the queue by [`PendingArp::release`]: its slot stays claimed until
+/// the callback returns.
+#[derive(Debug)]
+pub struct Released<'a> {
+    pub neighbour: Ipv4Addr,
+    pub port: PortId,
+    /// The neighbour did not resolve in time: drop, do not send.
+    pub expired: bool,
+    len: usize,
+    slot: &'a PendingSlot,
+}
+
+impl Released<'_> {
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Copies the held frame into `out` (at least [`Released::len`] bytes); returns its
+    /// length, or 0 if `out` is too short.
+    pub fn copy_to(&self, out: &mut [u8]) -> usize {
+        let Some(out) = out.get_mut(..self.len) else {
+            return 0;
+        };
+        for (chunk, word) in out.chunks_mut(8).zip(self.slot.bytes.iter()) {
+            let w = word.load(Ordering::Relaxed).to_le_bytes();
+            chunk.copy_from_slice(&w[..chunk.len()]);
+        }
+        self.len
+    }
+}
+
+impl Default for PendingArp {
+    fn default() -> Self {
+        PendingArp::new()
+    }
+}
+
+impl PendingArp {
+    pub fn new() -> Self {
+        PendingArp {
+            held: AtomicU32::new(0),
+            slots: (0..PENDING_BUCKETS * PENDING_PER_NEIGH)
+                .map(|_| PendingSlot::default())
+                .collect(),
+        }
+    }
+
+    /// True when no frame is held: the worker's per-pass check, one relaxed load.
+    #[inline]
+    pub fn is_empty(&self) -> bool {
+        self.held.load(Ordering::Relaxed) == 0
+    }
+
+    /// Frames held now (approximate while workers park and release).
+    pub fn len(&self) -> usize {
+        self.held.load(Ordering::Relaxed) as usize
+    }
+
+    /// Holds a copy of `frame`, to be sent on `port` once `neighbour` resolves or dropped
+    /// at `now_ms` + [`PENDING_TIMEOUT_MS`].
+    pub fn park(
+        &self,
+        neighbour: Ipv4Addr,
+        port: PortId,
+        frame: &[u8],
+        now_ms: u32,
+    ) -> Result<(), ParkError> {
+        if frame.len() > PENDING_FRAME_LEN {
+            return Err(ParkError::TooBig);
+        }
+        let key = u32::from(neighbour);
+        let bucket = (hash(key) % PENDING_BUCKETS) * PENDING_PER_NEIGH;
+        for slot in &self.slots[bucket..bucket + PENDING_PER_NEIGH] {
+            let claimed = u64::from(key) << 32 | TAG_WRITING;
+            if slot
+                .state
+                .compare_exchange(TAG_FREE, claimed, Ordering::Acquire, Ordering::Relaxed)
+                .is_err()
+            {
+                continue;
+            }
+            slot.port_len.store(
+                u32::from(port.0) << 16 | frame.len() as u32,
+                Ordering::Relaxed,
+            );
+            slot.deadline_ms
+                .store(now_ms.wrapping_add(PENDING_TIMEOUT_MS), Ordering::Relaxed);
+            for (chunk, word) in frame.chunks(8).zip(slot.bytes.iter()) {
+                let mut w = [0u8; 8];
+                w[..chunk.len()].copy_from_slice(chunk);
+                word.store(u64::from_le_bytes(w), Ordering::Relaxed);
+            }
+            self.held.fetch_add(1, Ordering::Relaxed);
+            slot.state
+                .store(u64::from(key) << 32 | TAG_HELD, Ordering::Release);
+            return Ok(());
+        }
+        Err(ParkError::Full)
+    }
+
+    /// Hands every held frame whose neighbour now `resolved` (or whose time is up at
+    /// `now_ms`) to `f`, then frees its slot. Frames of one neighbour go in slot order.
+    pub fn release(
+        &self,
+        now_ms: u32,
+        resolved: impl Fn(Ipv4Addr) -> bool,
+        mut f: impl FnMut(&Released<'_>),
+    ) {
+        if self.is_empty() {
+            return;
+        }
+        for slot in self.slots.iter() {
+            let s = slot.state.load(Ordering::Acquire);
+            if s & TAG_MASK != TAG_HELD {
+                continue;
+            }
+            let neighbour = Ipv4Addr::from((s >> 32) as u32);
+            let deadline = slot.deadline_ms.load(Ordering::Relaxed);
+            // Wrapping difference: the millisecond clock wraps after 49 days.
+            let expired = (now_ms.wrapping_sub(deadline) as i32) >= 0;
+            if !expired && !resolved(neighbour) {
+                continue;
+            }
+            let sending = (s & !TAG_MASK) | TAG_SENDING;
+            if slot
+                .state
+                .compare_exchange(s, sending, Ordering::Acquire, Ordering::Relaxed)
+                .is_err()
+            {
+                continue; // another worker took it
+            }
+            let pl = slot.port_len.load(Ordering::Relaxed);
+            f(&Released {
+                neighbour,
+                port: PortId((pl >> 16) as u16),
+                expired,
+                len: (pl & 0xffff) as usize,
+                slot,
+            });
+            self.held.fetch_sub(1, Ordering::Relaxed);
+            slot.state.store(TAG_FREE, Ordering::Release);
+        }
     }
 }
 
@@ -446,5 +669,113 @@ mod tests {
         assert!(l.allow(b, 500));
         assert!(l.allow(a, 1011));
         assert!(!l.allow(a, 1500));
+    }
+
+    #[test]
+    fn pending_holds_per_neighbour_and_releases_on_resolution() {
+        let q = PendingArp::new();
+        let a = Ipv4Addr::new(10, 186, 155, 7);
+        assert!(q.is_empty());
+        for i in 0..PENDING_PER_NEIGH as u8 {
+            assert_eq!(q.park(a, PortId(2), &[i; 61], 100), Ok(()));
+        }
+        assert_eq!(q.park(a, PortId(2), &[9; 61], 100), Err(ParkError::Full));
+        assert_eq!(
+            q.park(a, PortId(2), &[0; PENDING_FRAME_LEN + 1], 100),
+            Err(ParkError::TooBig)
+        );
+        assert_eq!(q.len(), PENDING_PER_NEIGH);
+        // Not resolved, not expired: nothing released.
+        let mut seen = Vec::new();
+        q.release(200, |_| false, |r| seen.push(r.len() as u8));
+        assert!(seen.is_empty());
+        q.release(
+            300,
+            |ip| ip == a,
+            |r| {
+                let mut buf = [0u8; 64];
+                assert_eq!(r.copy_to(&mut buf), 61);
+                assert!(!r.expired);
+                assert_eq!(r.port, PortId(2));
+                seen.push(buf[60]);
+            },
+        );
+        assert_eq!(seen, [0, 1, 2, 3], "all four, in order, bytes intact");
+        assert!(q.is_empty());
+        assert_eq!(q.park(a, PortId(2), &[1; 60], 400), Ok(()), "slots reused");
+    }
+
+    #[test]
+    fn pending_expires_after_the_timeout_even_across_clock_wrap() {
+        let q = PendingArp::new();
+        let a = Ipv4Addr::new(10, 0, 0, 1);
+        let start = u32::MAX - 1000;
+        assert_eq!(q.park(a, PortId(0), &[7; 60], start), Ok(()));
+        let mut expired = 0;
+        q.release(
+            start.wrapping_add(PENDING_TIMEOUT_MS - 1),
+            |_| false,
+            |_| expired += 1,
+        );
+        assert_eq!(expired, 0);
+        q.release(
+            start.wrapping_add(PENDING_TIMEOUT_MS),
+            |_| false,
+            |r| {
+                assert!(r.expired);
+                expired += 1
+            },
+        );
+        assert_eq!(expired, 1);
+        assert!(q.is_empty());
+    }
+
+    #[test]
+    fn pending_total_is_bounded() {
+        let q = PendingArp::new();
+        let mut held = 0;
+        for i in 0..10_000u32 {
+            if q.park(Ipv4Addr::from(0x0a00_0000 + i), PortId(0), &[0; 60], 0)
+                .is_ok()
+            {
+                held += 1;
+            }
+        }
+        assert_eq!(held, PENDING_BUCKETS * PENDING_PER_NEIGH);
+        assert_eq!(q.len(), held);
+    }
+
+    #[test]
+    fn pending_frames_are_sent_once_across_threads() {
+        let q = Arc::new(PendingArp::new());
+        let a = Ipv4Addr::new(10, 0, 0, 9);
+        let sent = Arc::new(AtomicU32::new(0));
+        for round in 0..200u32 {
+            for _ in 0..PENDING_PER_NEIGH {
+                q.park(a, PortId(0), &round.to_le_bytes(), round).unwrap();
+            }
+            let workers: Vec<_> = (0..2)
+                .map(|_| {
+                    let (q, sent) = (q.clone(), sent.clone());
+                    std::thread::spawn(move || {
+                        q.release(
+                            round,
+                            |_| true,
+                            |r| {
+                                let mut b = [0u8; 4];
+                                assert_eq!(r.copy_to(&mut b), 4);
+                                assert_eq!(u32::from_le_bytes(b), round);
+                                sent.fetch_add(1, Ordering::Relaxed);
+                            },
+                        )
+                    })
+                })
+                .collect();
+            for w in workers {
+                w.join().unwrap();
+            }
+            assert!(q.is_empty());
+        }
+        assert_eq!(sent.load(Ordering::Relaxed), 200 * PENDING_PER_NEIGH as u32);
     }
 }

@@ -25,13 +25,17 @@ use core::net::Ipv4Addr;
 use super::IpProtocol;
 
 /// Folds a wide one's-complement accumulator to 16 bits (end-around carry, RFC 1071 §2(B)).
+///
+/// A fixed sequence instead of a loop until no carry is left: the loop's trip count depends
+/// on the data, which costs a mispredicted branch per checksum on the NAT path. 64 → 33
+/// bits, then three 16-bit folds: < 2^33 → ≤ 0x2_fffe → ≤ 0x1_0001 → ≤ 0xffff.
 #[inline]
-const fn fold(mut sum: u64) -> u16 {
-    while sum >> 16 != 0 {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    // The loop leaves sum <= 0xffff.
-    sum as u16
+const fn fold(sum: u64) -> u16 {
+    let mut s = (sum & 0xffff_ffff) + (sum >> 32);
+    s = (s & 0xffff) + (s >> 16);
+    s = (s & 0xffff) + (s >> 16);
+    s = (s & 0xffff) + (s >> 16);
+    s as u16
 }
 
 /// The folded one's-complement sum of `bytes` as big-endian 16-bit words, an odd last byte
@@ -103,6 +107,15 @@ pub fn update32(csum: u16, old: u32, new: u32) -> u16 {
         + u64::from(new >> 16)
         + u64::from(new & 0xffff);
     !fold(acc)
+}
+
+/// The checksum after changes whose one's-complement sum is `delta`: for each changed
+/// field, `!old + new` as `u32` (a 32-bit field) or `u16` words, added up in a `u64`. Equal to
+/// applying [`update16`]/[`update32`] field by field, with one fold instead of one per field
+/// (RFC 1624 eqn. 3 over the sum of the changes).
+#[inline]
+pub fn apply(csum: u16, delta: u64) -> u16 {
+    !fold(u64::from(!csum) + delta)
 }
 
 /// [`update32`] for an IPv4 address, e.g. the source address rewritten by SNAT. Apply it to

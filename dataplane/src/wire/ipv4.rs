@@ -181,6 +181,13 @@ impl<T: AsRef<[u8]>> Packet<T> {
         IpProtocol::from(self.buffer.as_ref()[field::PROTOCOL])
     }
 
+    /// Protocol of the payload as the raw number: for the packet path, which compares it
+    /// with one or two constants and need not map it through [`IpProtocol`]'s `match`.
+    #[inline(always)]
+    pub fn protocol(&self) -> u8 {
+        self.buffer.as_ref()[field::PROTOCOL]
+    }
+
     /// Header checksum as on the wire.
     #[inline]
     pub fn checksum(&self) -> u16 {

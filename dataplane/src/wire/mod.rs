@@ -41,7 +41,7 @@ macro_rules! enum_with_unknown {
         pub enum $name:ident($ty:ty) {
             $(
                 $( #[$variant_attr:meta] )*
-                $variant:ident = $value:expr
+                $variant:ident = $value:literal
             ),+ $(,)?
         }
     ) => {
@@ -59,8 +59,10 @@ macro_rules! enum_with_unknown {
         impl ::core::convert::From<$ty> for $name {
             #[inline]
             fn from(value: $ty) -> Self {
+                // Literal patterns, not `v if v == $value` guards: the match compiles to a
+                // jump table or a few compares instead of one compare per variant in order.
                 match value {
-                    $( v if v == $value => $name::$variant, )+
+                    $( $value => $name::$variant, )+
                     other => $name::Unknown(other),
                 }
             }
