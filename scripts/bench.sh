@@ -3,6 +3,7 @@
 #   afgate-bench run [--quick] [--scenario NAME] [--out DIR]
 # on a fresh lab (network namespaces; needs root). Results: DIR/report.md, raw.json, *.svg
 # (default DIR: results/<UTC date-time>). Extra arguments go to `afgate-bench run`.
+# Scenarios: l3fwd flows clusterip newconn services vxlan workers dns fullpath conntrack.
 # Pinning: AFGATE_BENCH_LOAD_CORE (generator + sink, default 1) and AFGATE_BENCH_DUT_CORE
 # (forwarder under test, default 0).
 #   sudo ./scripts/bench.sh --quick
@@ -17,4 +18,8 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 cargo build --release --locked -p afgate -p afgate-bench
-exec ./target/release/afgate-bench run "$@"
+start=$(date +%s)
+status=0
+./target/release/afgate-bench run "$@" || status=$?
+echo "bench.sh: afgate-bench run $* took $(( $(date +%s) - start )) s (exit $status)" >&2
+exit "$status"

@@ -109,7 +109,11 @@ pub fn run(opts: &RunOptions) -> Result<Report> {
                         broken.push(format!("{name}/{}: {e}", v.name));
                     }
                 }
-                if r.sweep.iter().any(|p| p.2 <= 0.0) {
+                // A zero-loss series may be 0 (nothing passed); a rate series may not.
+                if r.sweep
+                    .iter()
+                    .any(|p| p.2 <= 0.0 && !p.1.ends_with("zero-loss"))
+                {
                     broken.push(format!("{name}: a sweep point forwarded nothing"));
                 }
                 rep.scenarios.push(r);

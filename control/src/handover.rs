@@ -105,17 +105,21 @@ impl Predecessor {
     }
 
     /// Asks the old process to stop forwarding; returns once its workers have stopped and
-    /// its sockets are closed (the forwarding gap starts here) with the old process's pid.
-    pub fn release(&mut self) -> anyhow::Result<u32> {
+    /// its sockets are closed, with the old process's pid and how long its workers took to
+    /// stop (the forwarding gap starts when they do).
+    pub fn release(&mut self) -> anyhow::Result<(u32, Duration)> {
         self.stream.write_all(b"release\n")?;
         let l = self.line(RELEASE_TIMEOUT)?;
-        let Some(pid) = l.strip_prefix("released ") else {
+        let mut w = l.split(' ');
+        if w.next() != Some("released") {
             bail!(
                 "handover {}: expected \"released\", got {l:?}",
                 self.path.display()
             );
-        };
-        Ok(pid.parse().unwrap_or(0))
+        }
+        let pid = w.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+        let stop_us = w.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+        Ok((pid, Duration::from_micros(stop_us)))
     }
 
     /// Tells the old process that this one forwards now, and waits (bounded) for it to exit.
@@ -188,10 +192,14 @@ impl Listener {
         &self.path
     }
 
-    /// A successor that connected and sent "release", if any (never blocks for long: a
-    /// connection that sends nothing within a second is dropped).
+    /// A successor that connected as root and sent "release", if any (never blocks for
+    /// long: a connection that sends nothing within a second is dropped).
     pub fn poll(&self) -> Option<Successor> {
         let (stream, _) = self.listener.accept().ok()?;
+        // Only root may take the ports over (the socket is 0600 too, as the API's is).
+        if crate::api::peer_uid(&stream).ok()? != 0 {
+            return None;
+        }
         stream.set_nonblocking(false).ok()?;
         stream.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
         let mut reader = BufReader::new(stream.try_clone().ok()?);
@@ -204,10 +212,12 @@ impl Listener {
 }
 
 impl Successor {
-    /// Tells the successor that this process's workers and sockets are gone.
-    pub fn released(&mut self) -> std::io::Result<()> {
-        self.stream
-            .write_all(format!("released {}\n", std::process::id()).as_bytes())
+    /// Tells the successor that this process's workers and sockets are gone, and how long
+    /// stopping them took.
+    pub fn released(&mut self, stopping: Duration) -> std::io::Result<()> {
+        self.stream.write_all(
+            format!("released {} {}\n", std::process::id(), stopping.as_micros()).as_bytes(),
+        )
     }
 
     /// Waits for "done": true if the successor took over, false if it hung up or timed out.
@@ -227,7 +237,8 @@ pub struct Startup {
     segment: Option<Segment>,
     predecessor: Option<Predecessor>,
     socket: Option<PathBuf>,
-    released: Option<(Instant, u32)>,
+    /// When the predecessor answered, its pid, and how long its workers took to stop.
+    released: Option<(Instant, u32, Duration)>,
 }
 
 impl Startup {
@@ -314,21 +325,23 @@ impl Startup {
     /// binding the API socket and starting the runtime.
     pub fn release(&mut self) -> anyhow::Result<()> {
         if let Some(p) = &mut self.predecessor {
-            eprintln!("TDBG new release-sent {:?}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_micros() % 100_000_000);
-            let pid = p.release()?;
-            eprintln!("TDBG new released-recv {:?}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_micros() % 100_000_000);
-            self.released = Some((Instant::now(), pid));
+            let (pid, stopping) = p.release()?;
+            self.released = Some((Instant::now(), pid, stopping));
         }
         Ok(())
     }
 
-    /// After the runtime started: reports the gap, lets the predecessor exit, and binds the
-    /// handover socket for the next upgrade.
-    pub fn started(&mut self) -> anyhow::Result<Option<Listener>> {
-        if let Some((at, pid)) = self.released.take() {
+    /// After the runtime started (its workers forwarding since `forwarding`): reports the
+    /// gap, lets the predecessor exit, and binds the handover socket for the next upgrade.
+    pub fn started(&mut self, forwarding: Instant) -> anyhow::Result<Option<Listener>> {
+        if let Some((at, pid, stopping)) = self.released.take() {
+            let ours = forwarding.saturating_duration_since(at);
             println!(
-                "afgate: took over from pid {pid}: {:.1} ms from its workers stopping to ours forwarding",
-                at.elapsed().as_secs_f64() * 1e3
+                "afgate: took over from pid {pid}: {:.1} ms from its workers stopping to ours forwarding ({:.1} ms its stop, {:.1} ms our start); programs swapped {:.1} ms later",
+                (stopping + ours).as_secs_f64() * 1e3,
+                stopping.as_secs_f64() * 1e3,
+                ours.as_secs_f64() * 1e3,
+                forwarding.elapsed().as_secs_f64() * 1e3
             );
             if let Some(p) = self.predecessor.take()
                 && let Err(e) = p.finish()
@@ -358,7 +371,8 @@ mod tests {
             let path = path.clone();
             move || {
                 let mut p = Predecessor::connect(&path).unwrap().unwrap();
-                let pid = p.release().unwrap();
+                let (pid, stopping) = p.release().unwrap();
+                assert_eq!(stopping, Duration::from_micros(1500));
                 p.finish().map(|()| pid)
             }
         });
@@ -368,7 +382,7 @@ mod tests {
             }
             std::thread::sleep(Duration::from_millis(5));
         };
-        succ.released().unwrap();
+        succ.released(Duration::from_micros(1500)).unwrap();
         assert!(succ.wait_done());
         // Dropping the stream is the old process exiting.
         assert_eq!(new.join().unwrap().unwrap(), std::process::id());

@@ -8,6 +8,7 @@ pub mod ctl;
 #[doc(hidden)]
 pub mod fuzz;
 pub mod handover;
+pub mod inproc;
 pub mod k8s;
 pub mod metrics;
 pub mod neigh_ctl;

@@ -66,6 +66,13 @@ pub struct WorkerSnap {
     pub polls: u64,
     pub busy_polls: u64,
     pub sleeps: u64,
+    /// Busy-path syscalls and the rx batches they serve (`WorkerCounters::tx_kicks`).
+    #[serde(default)]
+    pub tx_kicks: u64,
+    #[serde(default)]
+    pub rx_kicks: u64,
+    #[serde(default)]
+    pub rx_batches: u64,
     /// Pipeline time per frame (batch time / batch frames).
     pub latency: LatencySnap,
     /// The newest table generation this worker forwarded with.
@@ -156,6 +163,9 @@ pub fn snapshot(ctl: &Control) -> Snapshot {
             polls,
             busy_polls: busy,
             sleeps: w.sleeps.get(),
+            tx_kicks: w.tx_kicks.get(),
+            rx_kicks: w.rx_kicks.get(),
+            rx_batches: w.rx_batches.get(),
             free_frames: w.free_frames.load(std::sync::atomic::Ordering::Relaxed),
             latency: ctl
                 .obs
@@ -296,7 +306,7 @@ pub fn render(ctl: &Control) -> String {
     }
     // Per-worker poll counters: one family each, same shape.
     type WorkerField = fn(&WorkerSnap) -> u64;
-    let per_worker: [(&str, &str, WorkerField); 3] = [
+    let per_worker: [(&str, &str, WorkerField); 6] = [
         (
             "afgate_worker_polls_total",
             "Poll passes, per worker.",
@@ -311,6 +321,21 @@ pub fn render(ctl: &Control) -> String {
             "afgate_worker_sleeps_total",
             "Times a worker slept in poll(2).",
             |w| w.sleeps,
+        ),
+        (
+            "afgate_worker_tx_kicks_total",
+            "sendto(2) calls that told the kernel to transmit, per worker.",
+            |w| w.tx_kicks,
+        ),
+        (
+            "afgate_worker_rx_kicks_total",
+            "recvfrom(2) calls that woke the kernel to refill, per worker.",
+            |w| w.rx_kicks,
+        ),
+        (
+            "afgate_worker_rx_batches_total",
+            "Non-empty rx batches taken off the rx rings, per worker.",
+            |w| w.rx_batches,
         ),
     ];
     for (name, help, field) in per_worker {

@@ -35,7 +35,7 @@ pub struct RunOptions {
 }
 
 /// Neighbour cache size: ample for a node's pods and gateways.
-const NEIGH_CAPACITY: usize = 65_536;
+pub const NEIGH_CAPACITY: usize = 65_536;
 
 pub fn runtime_config(cfg: &Config) -> RuntimeConfig {
     let w = &cfg.workers;
@@ -263,7 +263,7 @@ pub fn run(opts: &RunOptions) -> anyhow::Result<()> {
     if let Some(a) = metrics_addr {
         println!("afgate: metrics http://{a}/metrics");
     }
-    let handover = restart.started()?;
+    let handover = restart.started(rt.forwarding_since)?;
     println!("afgate: ready");
     std::io::stdout().flush().ok();
     // Gratuitous ARP for the node's addresses now that workers run; aging from here on.
@@ -374,10 +374,9 @@ fn hand_over(
         let _ = t.join();
     }
     drop(ctl);
-    eprintln!("TDBG old stop-begin {:?}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_micros() % 100_000_000);
+    let stopping = Instant::now();
     rt.stop_workers();
-    eprintln!("TDBG old joined {:?}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_micros() % 100_000_000);
-    successor.released()?;
+    successor.released(stopping.elapsed())?;
     let mut final_stats = stats::collect(&rt.counters, &rt.tables.load());
     final_stats.conntrack = rt.shared.conntrack.stats().into();
     println!(

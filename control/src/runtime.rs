@@ -90,6 +90,8 @@ pub struct Runtime {
     pub epoch: Instant,
     /// Per worker: its queue of frames to send (`crate::neigh_ctl`).
     pub injectors: Vec<Injector>,
+    /// When the workers started with their sockets registered (a takeover's gap ends here).
+    pub forwarding_since: Instant,
 }
 
 impl Runtime {
@@ -264,7 +266,6 @@ impl Prepared {
             let mut sockets = Vec::with_capacity(cfg.ports.len());
             for (i, p) in cfg.ports.iter().enumerate() {
                 let xsk = bind_retrying(&umem, &p.device, w as u32, &cfg).map_err(xerr)?;
-                eprintln!("TDBG bound {} {:?}", p.device, std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_micros() % 100_000_000);
                 attached[i].sockets.push((w, w as u32, xsk.is_zerocopy()));
                 sockets.push(Some(xsk));
             }
@@ -299,7 +300,6 @@ impl Prepared {
             injectors.push(worker.injector());
             workers.push(worker);
         }
-        eprintln!("TDBG registered {:?}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_micros() % 100_000_000);
         let threads = workers
             .into_iter()
             .enumerate()
@@ -310,7 +310,9 @@ impl Prepared {
                     .expect("spawning a worker thread")
             })
             .collect();
+        let forwarding_since = Instant::now();
         let mut rt = Runtime {
+            forwarding_since,
             steering,
             threads,
             stop,
@@ -328,7 +330,6 @@ impl Prepared {
             // same sockets, so swapping the programs now moves no frame to the kernel. An
             // error drops `rt`: workers stopped, programs detached (fail-open).
             install(&mut rt.steering)?;
-            eprintln!("TDBG installed {:?}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_micros() % 100_000_000);
             for (a, s) in rt.attached.iter_mut().zip(&rt.steering) {
                 a.xdp_mode = s.mode();
                 a.replaced_stale = s.replaced_stale();

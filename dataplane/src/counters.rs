@@ -189,6 +189,12 @@ pub struct WorkerCounters {
     pub polls: Counter,
     /// Times the worker slept in poll(2) waiting for frames.
     pub sleeps: Counter,
+    /// Syscalls of the busy path: tx kicks (sendto: copy mode transmits inside it, a
+    /// bounded number of frames per call), fill-ring wakeups (recvfrom), and the rx batches
+    /// they are paid for; `tests/tests/memory.rs` checks their ratio.
+    pub tx_kicks: Counter,
+    pub rx_kicks: Counter,
+    pub rx_batches: Counter,
     /// Frames in the worker's free stack after its last pass (a gauge, not a counter): when
     /// the worker is idle every other frame sits in a fill ring, so this returns to the same
     /// value after any traffic unless frames leaked (docs/reliability.md).
@@ -204,6 +210,9 @@ impl WorkerCounters {
             busy_polls: Counter::default(),
             polls: Counter::default(),
             sleeps: Counter::default(),
+            tx_kicks: Counter::default(),
+            rx_kicks: Counter::default(),
+            rx_batches: Counter::default(),
             free_frames: AtomicU64::new(0),
         }
     }

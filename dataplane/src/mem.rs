@@ -190,12 +190,16 @@ impl Mapping {
         unsafe { core::slice::from_raw_parts((self.addr + offset) as *const u8, n) }
     }
 
-    /// Writes `data` at `offset` (segment header, while this process alone knows the file).
+    /// Writes `data` at `offset` (a segment header).
+    ///
+    /// # Safety
+    /// Nobody else (thread or process) reads or writes these bytes meanwhile, and no
+    /// [`Region`] covers them: e.g. a file not yet renamed into place.
     #[allow(unsafe_code)]
-    pub fn write(&self, offset: usize, data: &[u8]) {
+    pub unsafe fn write(&self, offset: usize, data: &[u8]) {
         assert!(offset + data.len() <= self.len);
-        // SAFETY: in bounds (checked); a byte copy into our own writable mapping. The segment
-        // is not yet published (see `conntrack::shm`), so nobody reads it concurrently.
+        // SAFETY: in bounds (checked); a byte copy into our own writable mapping, with no
+        // concurrent access by our caller's contract.
         unsafe {
             core::ptr::copy_nonoverlapping(
                 data.as_ptr(),
@@ -217,6 +221,22 @@ impl Drop for Mapping {
 
 #[cfg(test)]
 mod tests {
+    use super::{Place, Region};
+    use core::sync::atomic::{AtomicU64, Ordering};
+
+    #[test]
+    fn heap_regions_index_like_their_box_and_free_it() {
+        let r = Region::heap((0..1000u64).map(AtomicU64::new).collect::<Box<[_]>>());
+        assert_eq!(r.len(), 1000);
+        assert!(!r.is_mapped());
+        r[999].fetch_add(1, Ordering::Relaxed);
+        assert_eq!(r[999].load(Ordering::Relaxed), 1000);
+        let p = Place::heap(AtomicU64::new(7));
+        assert_eq!(p.load(Ordering::Relaxed), 7);
+        let empty = Region::<u64>::heap(Box::new([]));
+        assert!(empty.is_empty());
+    }
+
     #[test]
     fn makes_every_element_in_order() {
         let s = super::huge_slice(3 << 20, |i| i as u32);

@@ -349,6 +349,7 @@ impl Worker {
         let started = Instant::now();
         let pc = &counters.ports[p];
         pc.rx_packets.add(n as u64);
+        counters.rx_batches.inc();
         let meta = RxMeta {
             port: PortId(p as u16),
             vlan: None,
@@ -562,6 +563,7 @@ impl Worker {
                 break;
             }
             io.xsk.kick_tx();
+            self.counters.tx_kicks.inc();
         }
     }
 
@@ -591,6 +593,7 @@ impl Worker {
         }
         if io.xsk.fill.needs_wakeup() {
             io.xsk.kick_rx();
+            self.counters.rx_kicks.inc();
         }
     }
 

@@ -23,6 +23,7 @@
 
 pub mod capture;
 pub mod lab;
+pub mod mem_lab;
 pub mod netns;
 pub mod overlay_lab;
 pub mod peer;

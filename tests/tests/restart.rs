@@ -2,7 +2,9 @@
 //! ClusterIP (DNAT to a local pod) and through a MASQUERADEd ClusterIP (DNAT to a host behind
 //! the gateway plus SNAT to the node's biz address) keep exchanging while a second afgate
 //! takes over from the first (`afgate run --takeover`: shared conntrack segment, handover
-//! socket). A fixed-rate UDP probe through afgate measures the forwarding gap at the far end.
+//! socket). A fixed-rate UDP probe through afgate measures the forwarding gap at the far end:
+//! the largest receive gap overlapping the takeover; the largest elsewhere in the run (this
+//! shared machine's scheduling noise) is printed beside it.
 //!
 //! ```text
 //!   pod 10.20.9.60 ── clients ──► 10.96.10.1:80 ─DNAT─► pod2 10.20.9.41:8080 (echo)
@@ -48,6 +50,13 @@ fn json_line(out: &str, what: &str) -> Result<serde_json::Value> {
         .find(|l| l.starts_with('{'))
         .with_context(|| format!("{what} printed no result: {out}"))?;
     Ok(serde_json::from_str(l)?)
+}
+
+fn unix_ms() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0)
 }
 
 fn num(v: &serde_json::Value, k: &str) -> u64 {
@@ -162,12 +171,14 @@ fn established_flows_survive_a_takeover() -> Result<()> {
     std::thread::sleep(Duration::from_secs(4));
 
     let t0 = Instant::now();
+    let window_start = unix_ms();
     let mut new = Afgate::start_with(&lab.node, &cfg, &["--takeover"])?;
     let ready = t0.elapsed();
     let deadline = Instant::now() + Duration::from_secs(15);
     while old.is_running() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
     }
+    let window_end = unix_ms() + 100;
     let old_log = old.log();
     if old.is_running() {
         bail!("the old afgate did not exit after the handover:\n{old_log}");
@@ -185,8 +196,19 @@ fn established_flows_survive_a_takeover() -> Result<()> {
     new.stop()?;
     let new_log = new.log();
 
-    for l in old_log.lines().chain(new_log.lines()).filter(|l| l.contains("TDBG")) { println!("{l}"); }
-    let gap_ms = probe["max_gap_ms"].as_f64().context("max_gap_ms")?;
+    // The restart's gap: the largest receive gap overlapping the takeover (from starting the
+    // new afgate to the old one's exit); gaps elsewhere are this shared machine's noise,
+    // reported beside it. Gaps under 10 ms are not listed (then the gap is < 10 ms).
+    let (mut gap_ms, mut noise_ms) = (0.0f64, 0.0f64);
+    for g in probe["gaps"].as_array().context("gaps")? {
+        let (a, b) = (g[0].as_u64().unwrap_or(0), g[1].as_u64().unwrap_or(0));
+        let len = b.saturating_sub(a) as f64;
+        if b > u64::try_from(window_start)? && a < u64::try_from(window_end)? {
+            gap_ms = gap_ms.max(len);
+        } else {
+            noise_ms = noise_ms.max(len);
+        }
+    }
     let (mut flows, mut completed) = (0, 0);
     for (vip, r) in &results {
         println!(
@@ -209,7 +231,12 @@ fn established_flows_survive_a_takeover() -> Result<()> {
         .find(|l| l.contains("took over from pid"))
         .unwrap_or("(no takeover line)");
     println!(
-        "restart: {completed}/{flows} flows survived ({survived:.2} %); forwarding gap at the receiver {gap_ms:.1} ms (probe {PROBE_RATE}/s, {} received); new afgate ready {:.0} ms after start; {self_gap}",
+        "restart: {completed}/{flows} flows survived ({survived:.2} %); forwarding gap at the receiver during the takeover {gap_ms:.0} ms (largest gap elsewhere in the run {}; probe {PROBE_RATE}/s, {} received); new afgate ready {:.0} ms after start; {self_gap}",
+        if noise_ms > 0.0 {
+            format!("{noise_ms:.0} ms")
+        } else {
+            "< 10 ms".into()
+        },
         num(&probe, "received"),
         ready.as_secs_f64() * 1e3
     );
@@ -246,6 +273,87 @@ fn established_flows_survive_a_takeover() -> Result<()> {
         num(&probe, "received") >= u64::from(PROBE_RATE) * (RUN_SECS - 4),
         "probe: {probe}"
     );
+    drop(servers);
+    Ok(())
+}
+
+/// The segment also outlives a crash: afgate is SIGKILLed under load and started again (no
+/// predecessor to hand over, so frames go to the kernel, which drops them, until the new one
+/// forwards); it adopts the flows, and TCP's retransmissions carry them over the outage.
+#[test]
+fn flows_survive_a_crash_and_a_plain_restart() -> Result<()> {
+    const N: u32 = 50;
+    let lab = Lab::node_lab()?;
+    lab.node.sysctl("net.ipv4.ip_forward", "0")?;
+    lab.node.ip(&["addr", "flush", "dev", &lab.ports.biz.dev])?;
+    let cfg = config(&lab)?;
+    let mut servers = Vec::new();
+    for ns in [&lab.pod2.ns, &lab.ext.ns] {
+        let mut s = spawn(
+            ns,
+            &["echo-server", "--listen", "0.0.0.0:8080", "--secs", "60"],
+        )?;
+        s.wait_for_stdout("listening", Duration::from_secs(10))?;
+        servers.push(s);
+    }
+    let mut old = Afgate::start(&lab.node, &cfg)?;
+    let count = N.to_string();
+    let mut clients = Vec::new();
+    for vip in [LOCAL_VIP, SNAT_VIP] {
+        let mut c = spawn(
+            &lab.pod.ns,
+            &[
+                "clients",
+                "--connect",
+                &format!("{vip}:80"),
+                "--count",
+                &count,
+                "--secs",
+                "10",
+                "--interval-ms",
+                "50",
+                "--timeout-ms",
+                "8000",
+            ],
+        )?;
+        c.wait_for_stdout("connected", Duration::from_secs(30))?;
+        if !c.stdout().contains("connected all") {
+            bail!("not every flow to {vip} connected: {}", c.output_tail());
+        }
+        clients.push(c);
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    old.kill()?;
+    let t0 = Instant::now();
+    let mut new = Afgate::start(&lab.node, &cfg)?;
+    let outage = t0.elapsed();
+    let mut completed = 0;
+    for c in clients {
+        let out = c.finish(Duration::from_secs(40))?;
+        let r = json_line(&String::from_utf8_lossy(&out.stdout), "clients")?;
+        println!("crash-restart: {r}");
+        completed += num(&r, "completed");
+    }
+    new.stop()?;
+    let log = new.log();
+    let adopted = log
+        .lines()
+        .find_map(|l| {
+            l.split("adopted ")
+                .nth(1)?
+                .split(' ')
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .with_context(|| format!("no flows adopted:\n{log}"))?;
+    println!(
+        "crash-restart: {completed}/{} flows survived a SIGKILL and a plain restart; {adopted} flows adopted; the new afgate was ready {:.0} ms after the kill",
+        2 * N,
+        outage.as_secs_f64() * 1e3
+    );
+    assert!(adopted >= u64::from(2 * N), "{log}");
+    assert_eq!(completed, u64::from(2 * N), "{log}");
     drop(servers);
     Ok(())
 }

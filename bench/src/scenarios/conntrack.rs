@@ -129,12 +129,12 @@ fn fill_to(
     Ok(have)
 }
 
+/// One size: fill, then measure `(dut, name prefix)` as `prefix/n`.
 fn point(
     env: &Env,
     lab: &BenchLab,
-    dut: Dut,
-    name: &str,
-    desc: String,
+    (dut, prefix): (Dut, &str),
+    desc: &str,
     n: u32,
     count: &dyn Fn() -> Result<u64>,
     progress: &dyn Fn(&str),
@@ -144,7 +144,7 @@ fn point(
     let t = to(Proto::Udp, 1024.min(n), super::clusterip::VIP, 80);
     let mut v = measure_with(
         env,
-        name,
+        &format!("{prefix}/{n}"),
         &format!("{desc}; {entries} entries in the table"),
         &mut |rate, secs| trial(env, lab, dut, &t, rate, secs),
         progress,
@@ -193,9 +193,8 @@ pub fn run(
         let (v, e) = point(
             env,
             lab,
-            Dut::AfgateAdaptive,
-            &format!("afgate/{n}"),
-            "afgate, 1 worker (adaptive poll), conntrack capacity 2097152".into(),
+            (Dut::AfgateAdaptive, "afgate"),
+            "afgate, 1 worker (adaptive poll), conntrack capacity 2097152",
             n,
             &afgate_count,
             &p,
@@ -237,9 +236,8 @@ pub fn run(
         let (v, e) = point(
             env,
             lab,
-            Dut::Kernel,
-            &format!("iptables/{n}"),
-            "kernel nf_conntrack + kube-proxy iptables rules (RPS to the DUT core)".into(),
+            (Dut::Kernel, "iptables"),
+            "kernel nf_conntrack + kube-proxy iptables rules (RPS to the DUT core)",
             n,
             &kernel_count,
             &p,

@@ -32,15 +32,8 @@ pub fn run(
         Dut::AfgateBusy,
     ];
     for (i, dut) in duts.iter().enumerate() {
-        let p = |m: &str| {
-            progress(&format!(
-                "[{NAME} {}/{}] {}: {m}",
-                i + 1,
-                duts.len(),
-                dut.name()
-            ))
-        };
-        p("starting");
+        let p = |m: &str| progress(&format!("[{NAME} {}/{}] {m}", i + 1, duts.len()));
+        p(&format!("{}: starting", dut.name()));
         r.variants.push(measure(env, lab, *dut, &traffic, &p)?);
     }
     r.notes.push(format!(

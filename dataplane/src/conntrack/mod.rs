@@ -755,7 +755,7 @@ impl Conntrack {
     fn find(&self, t: &Tuple, h: u32, now: u32) -> Option<Hit> {
         let home = &self.buckets[self.bucket_of(h)];
         if home.ctl.load(Ordering::Acquire) >= OVERFLOW_ONE {
-            return self.scan(t, h, now, false);
+            return self.find_overflowed(t, h, now);
         }
         let sig = u64::from(h) << 32;
         let key = t.words();
@@ -769,6 +769,14 @@ impl Conntrack {
             }
         }
         None
+    }
+
+    /// [`Self::find`] when the home bucket overflowed: rare at the index's load, and kept out
+    /// of line so that the general scan does not bloat the common path's frame.
+    #[cold]
+    #[inline(never)]
+    fn find_overflowed(&self, t: &Tuple, h: u32, now: u32) -> Option<Hit> {
+        self.scan(t, h, now, false)
     }
 
     /// The flow behind index entry `v` if it is live, unexpired and holds `key` (a tuple's

@@ -320,7 +320,12 @@ impl Conntrack {
             let epoch = monotonic_ns();
             let header = expected_header(cap, nb, &layout, boot_id(), epoch);
             let bytes: Vec<u8> = header.iter().flat_map(|v| v.to_le_bytes()).collect();
-            map.write(0, &bytes);
+            #[allow(unsafe_code)]
+            // SAFETY: the file has a temporary name only this process knows, and the header
+            // is outside every Region `over` makes.
+            unsafe {
+                map.write(0, &bytes)
+            };
             // A zero-filled file is an empty table (every slot FREE, every bucket empty,
             // free-stack head at slot 0) except for the free-stack links.
             let ct = Self::over(&map, &layout, &cfg, cap, nb);

@@ -93,42 +93,56 @@ pub fn translated(flow: &Flow, original: bool) -> Tuple {
 /// one per changed word (VPP's `ip_csum_update` chain).
 #[inline]
 pub fn rewrite(l3: &mut [u8], to: &Tuple) {
-    let mut ip = Ipv4Packet::new_unchecked(&mut *l3);
-    let (os, od) = (u32::from(ip.src_addr()), u32::from(ip.dst_addr()));
+    // Fixed-size views: every offset below is checked once, by the type, not per access.
+    let Some(h) = l3.first_chunk_mut::<20>() else {
+        return;
+    };
+    let os = u32::from_be_bytes([h[12], h[13], h[14], h[15]]);
+    let od = u32::from_be_bytes([h[16], h[17], h[18], h[19]]);
     let (ns, nd) = (u32::from(to.src), u32::from(to.dst));
-    let first = ip.frag_offset() == 0;
-    let hl = ip.header_len() as usize;
+    let first = u16::from_be_bytes([h[6], h[7]]) & 0x1fff == 0;
+    let hl = usize::from(h[0] & 0x0f) * 4;
     let addr_delta = u64::from(!os) + u64::from(ns) + u64::from(!od) + u64::from(nd);
     if os != ns || od != nd {
-        ip.set_checksum(checksum::apply(ip.checksum(), addr_delta));
-        ip.set_src_addr(to.src);
-        ip.set_dst_addr(to.dst);
+        let c = checksum::apply(u16::from_be_bytes([h[10], h[11]]), addr_delta);
+        h[10..12].copy_from_slice(&c.to_be_bytes());
+        h[12..16].copy_from_slice(&ns.to_be_bytes());
+        h[16..20].copy_from_slice(&nd.to_be_bytes());
     }
-    let proto = to.proto;
-    let start = hl.min(l3.len());
-    let l4 = &mut l3[start..];
-    let ports = |l4: &[u8]| u32::from(rd16(l4, SPORT)) << 16 | u32::from(rd16(l4, DPORT));
+    if !first {
+        return;
+    }
+    let Some(l4) = l3.get_mut(hl..) else {
+        return;
+    };
     let new_ports = u32::from(to.sport) << 16 | u32::from(to.dport);
-    match proto {
-        PROTO_TCP if first && l4.len() >= 20 => {
-            let delta = addr_delta + u64::from(!ports(l4)) + u64::from(new_ports);
-            let c = checksum::apply(rd16(l4, TCP_CSUM), delta);
-            wr16(l4, SPORT, to.sport);
-            wr16(l4, DPORT, to.dport);
-            wr16(l4, TCP_CSUM, c);
+    match to.proto {
+        PROTO_TCP => {
+            let Some(l4) = l4.first_chunk_mut::<20>() else {
+                return;
+            };
+            let old_ports = u32::from_be_bytes([l4[0], l4[1], l4[2], l4[3]]);
+            let delta = addr_delta + u64::from(!old_ports) + u64::from(new_ports);
+            let c = checksum::apply(u16::from_be_bytes([l4[16], l4[17]]), delta);
+            l4[0..4].copy_from_slice(&new_ports.to_be_bytes());
+            l4[16..18].copy_from_slice(&c.to_be_bytes());
         }
-        PROTO_UDP if first && l4.len() >= 8 => {
-            let c = rd16(l4, UDP_CSUM);
+        PROTO_UDP => {
+            let Some(l4) = l4.first_chunk_mut::<8>() else {
+                return;
+            };
+            let c = u16::from_be_bytes([l4[6], l4[7]]);
             // RFC 768: 0 means "no checksum" and stays 0; a computed 0 is sent as 0xffff.
             if c != 0 {
-                let delta = addr_delta + u64::from(!ports(l4)) + u64::from(new_ports);
+                let old_ports = u32::from_be_bytes([l4[0], l4[1], l4[2], l4[3]]);
+                let delta = addr_delta + u64::from(!old_ports) + u64::from(new_ports);
                 let c = checksum::apply(c, delta);
-                wr16(l4, UDP_CSUM, if c == 0 { 0xffff } else { c });
+                let c = if c == 0 { 0xffff } else { c };
+                l4[6..8].copy_from_slice(&c.to_be_bytes());
             }
-            wr16(l4, SPORT, to.sport);
-            wr16(l4, DPORT, to.dport);
+            l4[0..4].copy_from_slice(&new_ports.to_be_bytes());
         }
-        PROTO_ICMP if first && l4.len() >= 8 => {
+        PROTO_ICMP if l4.len() >= 8 => {
             // No pseudo-header: only the identifier is covered.
             let old = rd16(l4, ICMP_IDENT);
             if old != to.sport {

@@ -15,23 +15,22 @@ use crate::wire::{Ipv4Packet, ethernet};
 use core::net::Ipv4Addr;
 
 pub fn forward(frame: &mut Frame, meta: &RxMeta, ctx: &Ctx) -> Action {
-    let (dst, hash, ttl, total_len, dont_frag) = {
+    let (dst, ttl, total_len, dont_frag, nh) = {
         let ip = Ipv4Packet::new_unchecked(&frame.data()[ethernet::HEADER_LEN..]);
-        (
-            ip.dst_addr(),
-            flow::hash_v4(&ip),
-            ip.ttl(),
-            ip.total_len(),
-            ip.dont_frag(),
-        )
+        let dst = ip.dst_addr();
+        // The flow hash only when ECMP has a choice to make: most routes have one next hop.
+        let nh = ctx
+            .tables
+            .fib
+            .lookup(dst)
+            .and_then(|r| match r.nexthops.as_slice() {
+                [one] => Some(one),
+                _ => r.select(flow::hash_v4(&ip)),
+            })
+            .copied();
+        (dst, ip.ttl(), ip.total_len(), ip.dont_frag(), nh)
     };
-    let Some(nh) = ctx
-        .tables
-        .fib
-        .lookup(dst)
-        .and_then(|r| r.select(hash))
-        .copied()
-    else {
+    let Some(nh) = nh else {
         ctx.counters.dropped(DropReason::NoRoute);
         return icmp::error(
             frame,

@@ -246,7 +246,24 @@ fn new_flow(
 /// Traffic that is not for a service but matches a MASQUERADE rule (e.g. a pod reaching
 /// outside the cluster) is source-NATed and tracked; everything else passes untouched and
 /// untracked.
+#[inline]
 fn masquerade_only(
+    frame: &mut Frame,
+    meta: &RxMeta,
+    ctx: &Ctx,
+    t: &Tuple,
+    flags: u8,
+    bytes: u32,
+) -> Next {
+    // Most nodes forward most traffic untranslated: no rules, no call.
+    if ctx.tables.services.masquerade.is_empty() {
+        return Next::Continue;
+    }
+    masquerade_rules(frame, meta, ctx, t, flags, bytes)
+}
+
+#[inline(never)]
+fn masquerade_rules(
     frame: &mut Frame,
     meta: &RxMeta,
     ctx: &Ctx,

@@ -13,7 +13,8 @@
 //! its echo, for `secs` seconds, and closes. It prints one JSON line: how many flows
 //! completed every exchange, and what broke the others (`reset`, `timeout`, `other`).
 //! `probe-recv` prints `listening`, then after `secs` one JSON line with the datagrams
-//! received and the largest gap between consecutive arrivals (the forwarding gap).
+//! received, the largest gap between consecutive arrivals and every gap of 10 ms or more
+//! as `[start, end]` in Unix milliseconds (to find the gap of a given moment).
 //! Every mode stops by itself.
 
 use std::collections::HashMap;
@@ -243,6 +244,15 @@ fn probe_recv(a: &HashMap<String, String>) -> std::io::Result<()> {
     let mut buf = [0u8; 64];
     let (mut received, mut last, mut max_gap, mut gap_after, mut max_seq) =
         (0u64, None::<(Instant, u64)>, Duration::ZERO, 0u64, 0u64);
+    // Gaps of 10 ms and more as (start, end) in Unix milliseconds, so that a test can tell
+    // the gap of the moment it cares about (a restart) from scheduling noise elsewhere.
+    let mut gaps: Vec<(u128, u128)> = Vec::new();
+    let unix_ms = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis())
+            .unwrap_or(0)
+    };
     while Instant::now() < deadline {
         let Ok(n) = s.recv(&mut buf) else { continue };
         let now = Instant::now();
@@ -252,18 +262,24 @@ fn probe_recv(a: &HashMap<String, String>) -> std::io::Result<()> {
             .unwrap_or(0);
         received += 1;
         max_seq = max_seq.max(seq);
-        if let Some((t, prev)) = last
-            && now - t > max_gap
-        {
-            eprintln!("TDBG gap {:?} ending at {:?}", now - t, std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_micros() % 100_000_000);
-            max_gap = now - t;
-            gap_after = prev;
+        if let Some((t, prev)) = last {
+            let gap = now - t;
+            if gap > max_gap {
+                max_gap = gap;
+                gap_after = prev;
+            }
+            if gap >= Duration::from_millis(10) && gaps.len() < 1000 {
+                let end = unix_ms();
+                gaps.push((end - gap.as_millis(), end));
+            }
         }
         last = Some((now, seq));
     }
+    let gaps: Vec<String> = gaps.iter().map(|(a, b)| format!("[{a},{b}]")).collect();
     println!(
-        "{{\"received\":{received},\"max_seq\":{max_seq},\"max_gap_ms\":{:.3},\"gap_after_seq\":{gap_after}}}",
-        max_gap.as_secs_f64() * 1e3
+        "{{\"received\":{received},\"max_seq\":{max_seq},\"max_gap_ms\":{:.3},\"gap_after_seq\":{gap_after},\"gaps\":[{}]}}",
+        max_gap.as_secs_f64() * 1e3,
+        gaps.join(",")
     );
     Ok(())
 }
