@@ -5,6 +5,7 @@ use std::collections::HashSet;
 use std::mem::{MaybeUninit, offset_of};
 use std::net::Ipv4Addr;
 use std::os::fd::{AsFd, OwnedFd, RawFd};
+use std::time::Duration;
 
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 use libbpf_rs::{MapCore, MapFlags, MapHandle};
@@ -140,12 +141,13 @@ pub enum SteerStat {
     PassRule = 4,
     PassNoSocket = 5,
     Malformed = 6,
+    HeldDrop = 7,
 }
 
 impl SteerStat {
     /// Every counter, in map order. Its length must equal the `stats` map's
     /// max_entries (`STAT_MAX`), which [`SteerProgram`] checks at load.
-    pub const ALL: [SteerStat; 7] = [
+    pub const ALL: [SteerStat; 8] = [
         SteerStat::Redirect,
         SteerStat::PassLacp,
         SteerStat::PassLinkLocal,
@@ -153,6 +155,7 @@ impl SteerStat {
         SteerStat::PassRule,
         SteerStat::PassNoSocket,
         SteerStat::Malformed,
+        SteerStat::HeldDrop,
     ];
 
     pub fn name(self) -> &'static str {
@@ -164,6 +167,7 @@ impl SteerStat {
             SteerStat::PassRule => "pass_rule",
             SteerStat::PassNoSocket => "pass_no_socket",
             SteerStat::Malformed => "malformed",
+            SteerStat::HeldDrop => "held_drop",
         }
     }
 }
@@ -186,6 +190,9 @@ pub struct SteerStats {
     pub pass_no_socket: u64,
     /// Truncated frames, passed to the kernel.
     pub malformed: u64,
+    /// Frames for the dataplane dropped because no socket was bound on their queue while a
+    /// handover hold ran ([`SteerProgram::set_hold`]).
+    pub held_drop: u64,
 }
 
 impl SteerStats {
@@ -198,6 +205,7 @@ impl SteerStats {
             SteerStat::PassRule => self.pass_rule,
             SteerStat::PassNoSocket => self.pass_no_socket,
             SteerStat::Malformed => self.malformed,
+            SteerStat::HeldDrop => self.held_drop,
         }
     }
 
@@ -210,6 +218,7 @@ impl SteerStats {
             SteerStat::PassRule => &mut self.pass_rule,
             SteerStat::PassNoSocket => &mut self.pass_no_socket,
             SteerStat::Malformed => &mut self.malformed,
+            SteerStat::HeldDrop => &mut self.held_drop,
         }
     }
 }
@@ -229,6 +238,7 @@ pub struct SteerProgram {
     cfg: MapHandle,
     passthru: MapHandle,
     stats: MapHandle,
+    hold_until: MapHandle,
 }
 
 impl SteerProgram {
@@ -265,6 +275,7 @@ impl SteerProgram {
             cfg: handle(&skel.maps.cfg, "dup cfg map fd")?,
             passthru: handle(&skel.maps.passthru, "dup passthru map fd")?,
             stats: handle(&skel.maps.stats, "dup stats map fd")?,
+            hold_until: handle(&skel.maps.hold_until, "dup hold_until map fd")?,
         };
         // Program and maps live on through `this`'s fds.
         drop(skel);
@@ -367,19 +378,19 @@ impl SteerProgram {
 
     /// Counters summed over CPUs.
     pub fn stats(&self) -> Result<SteerStats, Error> {
-        let mut s = SteerStats::default();
-        for stat in SteerStat::ALL {
-            let per_cpu = self
-                .stats
-                .lookup_percpu(&(stat as u32).to_ne_bytes(), MapFlags::ANY)
-                .map_err(Error::bpf(&self.label, "read stats map"))?
-                .unwrap_or_default();
-            *s.slot(stat) = per_cpu
-                .iter()
-                .filter_map(|v| v.get(..8)?.try_into().ok().map(u64::from_ne_bytes))
-                .sum();
-        }
-        Ok(s)
+        read_stats(&self.stats, &self.label)
+    }
+
+    /// Start a handover hold lasting `hold` from now: frames for the dataplane whose queue
+    /// has no socket are dropped (counted in [`SteerStats::held_drop`]) instead of passed to
+    /// the kernel, until [`Self::clear_hold`] or the deadline, whichever comes first.
+    pub fn set_hold(&self, hold: Duration) -> Result<(), Error> {
+        write_hold(&self.hold_until, &self.label, hold_deadline(hold))
+    }
+
+    /// End a hold: the fail-open fallback to the kernel applies again.
+    pub fn clear_hold(&self) -> Result<(), Error> {
+        write_hold(&self.hold_until, &self.label, 0)
     }
 
     /// Run the program once over `frame` with `BPF_PROG_TEST_RUN` (rx queue
@@ -387,6 +398,58 @@ impl SteerProgram {
     pub fn test_run(&self, frame: &[u8], repeat: u32) -> Result<TestRun, Error> {
         prog::test_run(&self.label, self.prog.as_fd(), frame, repeat)
     }
+}
+
+fn read_stats(map: &MapHandle, label: &str) -> Result<SteerStats, Error> {
+    let mut s = SteerStats::default();
+    for stat in SteerStat::ALL {
+        let per_cpu = map
+            .lookup_percpu(&(stat as u32).to_ne_bytes(), MapFlags::ANY)
+            .map_err(Error::bpf(label, "read stats map"))?
+            .unwrap_or_default();
+        *s.slot(stat) = per_cpu
+            .iter()
+            .filter_map(|v| v.get(..8)?.try_into().ok().map(u64::from_ne_bytes))
+            .sum();
+    }
+    Ok(s)
+}
+
+/// `now + hold` on the clock of `bpf_ktime_get_ns()` (CLOCK_MONOTONIC), in ns; never 0
+/// (which means off).
+fn hold_deadline(hold: Duration) -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec; CLOCK_MONOTONIC always exists on Linux,
+    // so the call cannot fail.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    let now = (ts.tv_sec as u64)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(ts.tv_nsec as u64);
+    let hold = u64::try_from(hold.as_nanos()).unwrap_or(u64::MAX);
+    now.saturating_add(hold).max(1)
+}
+
+fn write_hold(map: &MapHandle, label: &str, deadline_ns: u64) -> Result<(), Error> {
+    map.update(
+        &0u32.to_ne_bytes(),
+        &deadline_ns.to_ne_bytes(),
+        MapFlags::ANY,
+    )
+    .map_err(Error::bpf(label, "write hold_until map"))
+}
+
+/// The maps of the `afgate_steer` instance a takeover replaces (a predecessor's).
+#[derive(Debug)]
+struct Predecessor {
+    xsks: MapHandle,
+    /// Absent in a predecessor built before the hold existed: then no hold.
+    hold_until: Option<MapHandle>,
+    stats: Option<MapHandle>,
+    /// Whether we set a hold there that is not cleared yet.
+    holding: bool,
 }
 
 /// `afgate_steer` attached to one port.
@@ -407,9 +470,10 @@ pub struct PortSteering {
     mode: XdpMode,
     replaced_stale: bool,
     attached: bool,
-    /// The XSKMAP of the program a takeover will replace ([`Self::adopt_attached_xsks`]):
-    /// sockets registered there carry traffic before our own program is installed.
-    predecessor_xsks: Option<MapHandle>,
+    /// The maps of the program a takeover will replace ([`Self::adopt_attached_xsks`]):
+    /// sockets registered in its XSKMAP carry traffic before our own program is installed;
+    /// its hold covers the gap before they are registered. Kept until the hold is cleared.
+    predecessor: Option<Predecessor>,
 }
 
 impl PortSteering {
@@ -435,7 +499,7 @@ impl PortSteering {
             mode: XdpMode::Native,
             replaced_stale: false,
             attached: false,
-            predecessor_xsks: None,
+            predecessor: None,
         })
     }
 
@@ -457,21 +521,72 @@ impl PortSteering {
         else {
             return Ok(false);
         };
+        let (mut xsks, mut hold_until, mut stats) = (None, None, None);
         for map_id in info.map_ids {
             let m = MapHandle::from_map_id(map_id).map_err(Error::bpf(&self.ifname, op))?;
-            if m.map_type() == libbpf_rs::MapType::Xskmap && m.name() == "xsks" {
-                self.predecessor_xsks = Some(m);
-                return Ok(true);
+            let ty = m.map_type();
+            if ty == libbpf_rs::MapType::Xskmap && m.name() == "xsks" {
+                xsks = Some(m);
+            } else if ty == libbpf_rs::MapType::Array
+                && m.name() == "hold_until"
+                && m.value_size() == 8
+            {
+                hold_until = Some(m);
+            } else if ty == libbpf_rs::MapType::PercpuArray && m.name() == "stats" {
+                stats = Some(m);
             }
         }
-        Ok(false)
+        let Some(xsks) = xsks else {
+            return Ok(false);
+        };
+        self.predecessor = Some(Predecessor {
+            xsks,
+            hold_until,
+            stats,
+            holding: false,
+        });
+        Ok(true)
+    }
+
+    /// Starts a hold of `hold` in the adopted predecessor's program
+    /// ([`SteerProgram::set_hold`]): while its sockets are gone and ours are not registered
+    /// yet, frames for the dataplane are dropped (TCP retransmits them) instead of reaching a
+    /// kernel that would forward them un-NATed or reset NATed flows. Returns whether a hold
+    /// was set (false: nothing adopted, or a predecessor without hold support).
+    pub fn hold_predecessor(&mut self, hold: Duration) -> Result<bool, Error> {
+        let Some(p) = &mut self.predecessor else {
+            return Ok(false);
+        };
+        let Some(m) = &p.hold_until else {
+            return Ok(false);
+        };
+        write_hold(m, &self.ifname, hold_deadline(hold))?;
+        p.holding = true;
+        Ok(true)
+    }
+
+    /// Ends the hold in the predecessor's program and in ours (call once our sockets are
+    /// registered and our program installed) and forgets the predecessor. Returns the frames
+    /// the predecessor's program dropped under the hold (0 without one).
+    pub fn end_hold(&mut self) -> Result<u64, Error> {
+        let mut held = 0;
+        if let Some(p) = self.predecessor.take() {
+            if let Some(m) = &p.hold_until
+                && p.holding
+            {
+                write_hold(m, &self.ifname, 0)?;
+            }
+            if let Some(m) = &p.stats {
+                held = read_stats(m, &self.ifname)?.held_drop;
+            }
+        }
+        self.prog.clear_hold()?;
+        Ok(held)
     }
 
     /// Attach a [`Self::load`]ed instance in `mode`, removing any XDP program already on
     /// the device (any mode: a stale one from a crashed run, or a predecessor's).
     pub fn install(&mut self, mode: ModeRequest) -> Result<(), Error> {
-        // Ours replaces the predecessor's program; its map is no longer needed.
-        self.predecessor_xsks = None;
         let (ifname, idx) = (self.ifname.as_str(), self.ifindex);
         let stale = xdp::query(ifname, idx)?;
         // One program in a mode we may use (a predecessor's, or a crashed run's): swap it.
@@ -529,7 +644,7 @@ impl PortSteering {
     /// See [`SteerProgram::register_xsk`]; also in the predecessor's map, if adopted.
     pub fn register_xsk(&self, queue: u32, xsk_fd: RawFd) -> Result<(), Error> {
         self.prog.register_xsk(queue, xsk_fd)?;
-        if let Some(m) = &self.predecessor_xsks {
+        if let Some(Predecessor { xsks: m, .. }) = &self.predecessor {
             let fd = u32::try_from(xsk_fd).map_err(|_| {
                 self.prog
                     .invalid("register xsk", format!("bad fd {xsk_fd}"))
@@ -570,6 +685,17 @@ impl PortSteering {
 
 impl Drop for PortSteering {
     fn drop(&mut self) {
+        // A takeover that failed before its program took over: give the predecessor's
+        // fallback back now rather than at the deadline.
+        if let Some(Predecessor {
+            hold_until: Some(m),
+            holding: true,
+            ..
+        }) = &self.predecessor
+            && let Err(e) = write_hold(m, &self.ifname, 0)
+        {
+            eprintln!("afgate-bpf: dropping PortSteering: {e}");
+        }
         if self.attached
             && let Err(e) = xdp::detach_if_ours(
                 &self.ifname,

@@ -9,6 +9,7 @@
 mod common;
 
 use std::net::Ipv4Addr;
+use std::time::Duration;
 
 use afgate_bpf::{
     DevmapRedirect, ModeRequest, PassRule, PortSteering, SteerConfig, XdpMode, XdpPass, detach_any,
@@ -158,6 +159,81 @@ fn skb_mode_then_native_replaces_across_modes_and_drop_detaches() {
             // Dropped here: Drop detaches.
         }
         assert_eq!(xdp_attached("afg1").unwrap(), None);
+    });
+}
+
+/// A takeover's hold, as `afgate run --takeover` uses it: the successor adopts the attached
+/// (predecessor's) program, holds it while no socket is bound (live frames dropped, not
+/// passed), installs its own program and ends the hold in both; a successor that gives up
+/// (dropped before installing) ends the hold too.
+#[test]
+fn takeover_holds_the_predecessor_and_releases_it() {
+    if !root() {
+        return;
+    }
+    let ns = Netns::new();
+    veth(&ns, "afg0", "afg1");
+    let cfg = cfg(&ns, "afg1");
+    ns.run(move || {
+        let dns = eth(
+            cfg.own_mac,
+            PEER_MAC,
+            0x0800,
+            &ipv4(CLIENT, NODE, 17, &udp(1, 53, b"x")),
+        );
+        let ssh = eth(
+            cfg.own_mac,
+            PEER_MAC,
+            0x0800,
+            &ipv4(CLIENT, NODE, 6, &tcp_syn(1, 22)),
+        );
+        let old = PortSteering::attach("afg1", &cfg, ModeRequest::Native).expect("attach");
+        let tx = RawSock::bind("afg0");
+
+        // A successor that gives up before installing its program.
+        {
+            let mut quitter = PortSteering::load("afg1", &cfg).expect("load");
+            assert!(quitter.adopt_attached_xsks().unwrap());
+            assert!(quitter.hold_predecessor(Duration::from_secs(30)).unwrap());
+            tx.send(&dns);
+            assert!(wait_for(3, || old.stats().unwrap().held_drop >= 1));
+        }
+        let run = old.program().test_run(&dns, 1).unwrap();
+        assert_eq!(
+            run.retval, 2,
+            "the quitter's hold cleared on drop: XDP_PASS"
+        );
+        let held_before = old.stats().unwrap().held_drop;
+
+        let mut new = PortSteering::load("afg1", &cfg).expect("load");
+        assert!(new.adopt_attached_xsks().unwrap());
+        assert!(new.hold_predecessor(Duration::from_secs(30)).unwrap());
+        for _ in 0..3 {
+            tx.send(&dns);
+        }
+        tx.send(&ssh);
+        assert!(
+            wait_for(3, || {
+                let s = old.stats().unwrap();
+                s.held_drop >= held_before + 3 && s.pass_rule == 1
+            }),
+            "{:?}",
+            old.stats().unwrap()
+        );
+        new.install(ModeRequest::Native).expect("install");
+        assert!(new.replaced_stale());
+        let held = new.end_hold().unwrap();
+        assert!(
+            held >= held_before + 3,
+            "held drops of the predecessor: {held}"
+        );
+        let run = old.program().test_run(&dns, 1).unwrap();
+        assert_eq!(run.retval, 2, "predecessor's hold cleared: XDP_PASS");
+        tx.send(&dns);
+        assert!(wait_for(3, || new.stats().unwrap().pass_no_socket >= 1));
+        assert_eq!(new.stats().unwrap().held_drop, 0);
+        assert!(!old.detach().unwrap(), "replaced");
+        assert!(new.detach().unwrap());
     });
 }
 

@@ -249,3 +249,88 @@ fn register_xsk_rejects_bad_queue_and_unregister_is_idempotent() {
     prog.unregister_xsk(0).expect("empty slot");
     prog.unregister_xsk(63).expect("empty slot");
 }
+
+const XDP_DROP: u32 = 1;
+
+/// The handover hold: with no socket on the queue and the hold running, frames for the
+/// dataplane are dropped (held_drop); everything the program always passes (LACP,
+/// link-local, other MACs, passthru rules, malformed) still goes to the kernel; once the
+/// deadline passes, or the hold is cleared, the fail-open fallback is back.
+#[test]
+fn hold_drops_only_dataplane_frames_and_lapses() {
+    if !root() {
+        return;
+    }
+    let dns = eth(
+        PORT_MAC,
+        PEER_MAC,
+        0x0800,
+        &ipv4(CLIENT, POD, 17, &udp(40000, 53, b"q")),
+    );
+    let arp = eth(BCAST, PEER_MAC, 0x0806, &[0; 28]);
+    let check = |prog: &SteerProgram, frame: &[u8], action: u32, stat: SteerStat, what: &str| {
+        let before = prog.stats().expect("stats");
+        let run = prog.test_run(frame, 1).expect("test_run");
+        let after = prog.stats().expect("stats");
+        let delta_ok = SteerStat::ALL
+            .iter()
+            .all(|&s| after.get(s) - before.get(s) == u64::from(s == stat));
+        assert!(
+            run.retval == action && delta_ok,
+            "{what}: action {} (want {action}), stats {before:?} -> {after:?} (want {} + 1)",
+            run.retval,
+            stat.name()
+        );
+    };
+
+    let prog = SteerProgram::load(&cfg()).expect("load");
+    prog.set_hold(std::time::Duration::from_secs(30)).unwrap();
+    check(
+        &prog,
+        &dns,
+        XDP_DROP,
+        SteerStat::HeldDrop,
+        "UDP to a pod, holding",
+    );
+    check(&prog, &arp, XDP_DROP, SteerStat::HeldDrop, "ARP, holding");
+    for case in cases() {
+        if case.stat != SteerStat::PassNoSocket {
+            check(
+                &prog,
+                &case.frame,
+                case.action,
+                case.stat,
+                &format!("{} (holding)", case.description),
+            );
+        }
+    }
+
+    // Cleared: the fallback again.
+    prog.clear_hold().unwrap();
+    check(
+        &prog,
+        &dns,
+        XDP_PASS,
+        SteerStat::PassNoSocket,
+        "hold cleared",
+    );
+
+    // Expired without anyone clearing it (a successor that died mid-handover).
+    prog.set_hold(std::time::Duration::from_millis(20)).unwrap();
+    check(
+        &prog,
+        &dns,
+        XDP_DROP,
+        SteerStat::HeldDrop,
+        "before the deadline",
+    );
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    check(
+        &prog,
+        &dns,
+        XDP_PASS,
+        SteerStat::PassNoSocket,
+        "after the deadline",
+    );
+    assert_eq!(prog.stats().unwrap().held_drop, 3);
+}

@@ -46,7 +46,19 @@ pub struct RestartCfg {
     /// `.handover` appended. Only used with `state`.
     #[serde(default)]
     pub socket: Option<PathBuf>,
+    /// How long, at most, the predecessor's XDP program drops (instead of passing to the
+    /// kernel) frames for queues with no socket while the sockets change hands; default
+    /// [`DEFAULT_HOLD_MS`], 0 = no hold (those frames reach the kernel, as before). A
+    /// deadline, so a successor that dies mid-handover cannot black-hole the port for longer.
+    #[serde(default)]
+    pub hold_ms: Option<u32>,
 }
+
+/// Default of `restart.hold_ms`: well above a handover's gap (~0.1 s), far below what
+/// would hurt if the successor dies mid-handover (TCP retransmits over it).
+pub const DEFAULT_HOLD_MS: u32 = 2000;
+/// Largest `restart.hold_ms`.
+pub const MAX_HOLD_MS: u32 = 60_000;
 
 impl RestartCfg {
     /// The handover socket for an afgate whose API socket is `api`.
@@ -56,6 +68,22 @@ impl RestartCfg {
             p.push(".handover");
             PathBuf::from(p)
         })
+    }
+
+    /// The handover hold (`hold_ms`); zero: none.
+    pub fn hold(&self) -> Duration {
+        Duration::from_millis(u64::from(self.hold_ms.unwrap_or(DEFAULT_HOLD_MS)))
+    }
+
+    /// The `restart:` section's problems, as (field path, message).
+    pub fn validate_restart(&self) -> Vec<(String, String)> {
+        match self.hold_ms {
+            Some(ms) if ms > MAX_HOLD_MS => vec![(
+                "restart.hold_ms".into(),
+                format!("{ms} ms is above the maximum {MAX_HOLD_MS}"),
+            )],
+            _ => Vec::new(),
+        }
     }
 }
 
@@ -322,7 +350,8 @@ impl Startup {
     }
 
     /// Asks the predecessor to stop forwarding (no-op without one). Call right before
-    /// binding the API socket and starting the runtime.
+    /// binding the API socket and starting the runtime, after starting the hold in the
+    /// predecessor's programs (`crate::runtime::Prepared::hold_predecessor`).
     pub fn release(&mut self) -> anyhow::Result<()> {
         if let Some(p) = &mut self.predecessor {
             let (pid, stopping) = p.release()?;
@@ -332,16 +361,28 @@ impl Startup {
     }
 
     /// After the runtime started (its workers forwarding since `forwarding`): reports the
-    /// gap, lets the predecessor exit, and binds the handover socket for the next upgrade.
-    pub fn started(&mut self, forwarding: Instant) -> anyhow::Result<Option<Listener>> {
+    /// gap and the frames the predecessor's programs dropped under the hold (`held`: `None`
+    /// without a hold), lets the predecessor exit, and binds the handover socket for the
+    /// next upgrade.
+    pub fn started(
+        &mut self,
+        forwarding: Instant,
+        held: Option<u64>,
+    ) -> anyhow::Result<Option<Listener>> {
         if let Some((at, pid, stopping)) = self.released.take() {
             let ours = forwarding.saturating_duration_since(at);
             println!(
-                "afgate: took over from pid {pid}: {:.1} ms from its workers stopping to ours forwarding ({:.1} ms its stop, {:.1} ms our start); programs swapped {:.1} ms later",
+                "afgate: took over from pid {pid}: {:.1} ms from its workers stopping to ours forwarding ({:.1} ms its stop, {:.1} ms our start); programs swapped {:.1} ms later; {}",
                 (stopping + ours).as_secs_f64() * 1e3,
                 stopping.as_secs_f64() * 1e3,
                 ours.as_secs_f64() * 1e3,
-                forwarding.elapsed().as_secs_f64() * 1e3
+                forwarding.elapsed().as_secs_f64() * 1e3,
+                match held {
+                    Some(n) => format!(
+                        "held_drops {n} (frames dropped, not passed to the kernel, in the gap)"
+                    ),
+                    None => "no hold (frames in the gap went to the kernel)".into(),
+                }
             );
             if let Some(p) = self.predecessor.take()
                 && let Err(e) = p.finish()
@@ -390,6 +431,19 @@ mod tests {
         assert!(Predecessor::connect(&path).unwrap().is_none());
         assert!(Predecessor::connect(&dir.join("none")).unwrap().is_none());
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn hold_defaults_to_two_seconds_and_is_bounded() {
+        let mut c = RestartCfg::default();
+        assert_eq!(c.hold(), Duration::from_secs(2));
+        c.hold_ms = Some(0);
+        assert!(c.hold().is_zero());
+        assert!(c.validate_restart().is_empty());
+        c.hold_ms = Some(MAX_HOLD_MS + 1);
+        let e = c.validate_restart();
+        assert_eq!(e.len(), 1);
+        assert_eq!(e[0].0, "restart.hold_ms");
     }
 
     #[test]

@@ -193,7 +193,9 @@ pub fn run(opts: &RunOptions) -> anyhow::Result<()> {
     // Bound before the ports are taken over, so a busy socket or address fails start-up
     // with nothing attached.
     // Programs loaded and UMEMs made before a predecessor lets go of the queues.
-    let prepared = Runtime::prepare(rcfg, tables, shared)?;
+    let mut prepared = Runtime::prepare(rcfg, tables, shared)?;
+    // Frames in the gap are dropped, not handed to a kernel that would reset NATed flows.
+    prepared.hold_predecessor(cfg.restart.hold());
     // A predecessor stops forwarding and closes its API here: the forwarding gap starts.
     restart.release()?;
     let listener = crate::api::bind(&api_path)?;
@@ -263,7 +265,7 @@ pub fn run(opts: &RunOptions) -> anyhow::Result<()> {
     if let Some(a) = metrics_addr {
         println!("afgate: metrics http://{a}/metrics");
     }
-    let handover = restart.started(rt.forwarding_since)?;
+    let handover = restart.started(rt.forwarding_since, rt.held_drops)?;
     println!("afgate: ready");
     std::io::stdout().flush().ok();
     // Gratuitous ARP for the node's addresses now that workers run; aging from here on.

@@ -92,6 +92,9 @@ pub struct Runtime {
     pub injectors: Vec<Injector>,
     /// When the workers started with their sockets registered (a takeover's gap ends here).
     pub forwarding_since: Instant,
+    /// A takeover with a hold ([`Prepared::hold_predecessor`]): frames the predecessor's
+    /// programs dropped under it, summed over ports.
+    pub held_drops: Option<u64>,
 }
 
 impl Runtime {
@@ -147,6 +150,7 @@ impl Runtime {
             shared,
             steering,
             umems,
+            holding: false,
         })
     }
 
@@ -201,9 +205,35 @@ pub struct Prepared {
     shared: Shared,
     steering: Vec<PortSteering>,
     umems: Vec<(Umem, afgate_dataplane::xsk::FramePool)>,
+    /// A hold runs in at least one predecessor program.
+    holding: bool,
 }
 
 impl Prepared {
+    /// Before a takeover's predecessor lets go of the queues: its programs drop frames for
+    /// queues without a socket for at most `hold` (instead of passing them to a kernel that
+    /// may forward them un-NATed or reset NATed flows); [`Self::start`] ends the hold once
+    /// our program is installed. Returns on how many ports a hold runs; a port whose
+    /// predecessor cannot hold is reported and falls back to the kernel in the gap.
+    pub fn hold_predecessor(&mut self, hold: std::time::Duration) -> usize {
+        if !self.cfg.takeover || hold.is_zero() {
+            return 0;
+        }
+        let mut n = 0;
+        for (s, p) in self.steering.iter_mut().zip(&self.cfg.ports) {
+            match s.hold_predecessor(hold) {
+                Ok(true) => n += 1,
+                Ok(false) => eprintln!(
+                    "afgate: port {}: the predecessor's program cannot hold; frames reach the kernel in the gap",
+                    p.name
+                ),
+                Err(e) => eprintln!("afgate: port {}: {e}", p.name),
+            }
+        }
+        self.holding = n > 0;
+        n
+    }
+
     /// Binds the sockets, registers them, attaches the programs and starts the workers.
     /// A fresh start attaches first (as drivers expect: program, then sockets); a takeover
     /// attaches last, replacing its predecessor's program with one whose XSKMAP is already
@@ -215,6 +245,7 @@ impl Prepared {
             shared,
             mut steering,
             umems,
+            holding,
         } = self;
         // One thread per port: each attach is a netlink round trip with driver work behind
         // it, and during a takeover they are all part of the forwarding gap.
@@ -324,6 +355,7 @@ impl Prepared {
             attached,
             epoch,
             injectors,
+            held_drops: None,
         };
         if cfg.takeover {
             // The sockets already receive through the predecessor's XSKMAPs; ours hold the
@@ -334,6 +366,16 @@ impl Prepared {
                 a.xdp_mode = s.mode();
                 a.replaced_stale = s.replaced_stale();
             }
+            // Our program runs with every socket registered: the fail-open fallback must be
+            // back for when we stop or die. A failure here only leaves the deadline to end it.
+            let mut held = 0;
+            for (s, p) in rt.steering.iter_mut().zip(&cfg.ports) {
+                match s.end_hold() {
+                    Ok(n) => held += n,
+                    Err(e) => eprintln!("afgate: port {}: ending the handover hold: {e}", p.name),
+                }
+            }
+            rt.held_drops = holding.then_some(held);
         }
         Ok(rt)
     }

@@ -12,12 +12,15 @@
 //!                   ── probe 1000/s ─────────────────────────────────────────► ext :9999 (gap)
 //! ```
 //!
-//! While neither afgate has sockets bound (the gap), frames fall back to the node's kernel.
-//! The lab's node kernel normally forwards (fail-open) and owns the biz address: it would
-//! forward replies un-NATed and answer SNATed ones with RST, resetting exactly the flows a
-//! handover keeps. Here, as in the documented upgrade procedure (docs/operations.md), the
-//! node kernel neither forwards nor owns the NAT address, so those frames are dropped and
-//! TCP retransmits them.
+//! The node kernel is set up like a real node's: it forwards (ip_forward=1, the fail-open
+//! path) and owns the biz address that SNAT uses. While neither afgate has sockets bound
+//! (the gap), frames reaching that kernel would be forwarded un-NATed or answered with RST,
+//! resetting exactly the flows a handover keeps; the new afgate therefore sets a hold in the
+//! old steering programs (`restart.hold_ms`), which drops those frames instead (TCP
+//! retransmits them). The frames it dropped (`held_drops`) are printed.
+//!
+//! The crash test still keeps the node kernel from forwarding: after a SIGKILL nothing holds,
+//! the kernel gets the traffic (fail-open by design) until the next afgate forwards.
 
 use afgate_tests::lab::{Lab, NodeLab};
 use afgate_tests::process::{Afgate, Proc};
@@ -32,6 +35,9 @@ const FLOWS: u32 = 150;
 const RUN_SECS: u64 = 14;
 const PROBE_RATE: u32 = 1000;
 const MAX_GAP_MS: f64 = 200.0;
+/// The servers' answer delay in the takeover test; with the clients' 50 ms pause, each flow
+/// has a reply in flight 30 ms of every 80 ms.
+const ECHO_DELAY_MS: &str = "30";
 
 fn flows_bin() -> &'static str {
     env!("CARGO_BIN_EXE_afgate-flows")
@@ -91,13 +97,23 @@ restart:
 #[test]
 fn established_flows_survive_a_takeover() -> Result<()> {
     let lab = Lab::node_lab()?;
-    // No kernel fallback path that would reset NATed flows during the gap (module docs).
-    lab.node.sysctl("net.ipv4.ip_forward", "0")?;
-    lab.node.ip(&["addr", "flush", "dev", &lab.ports.biz.dev])?;
+    // A real node: the kernel forwards and owns the SNAT address (module docs).
+    lab.node.sysctl("net.ipv4.ip_forward", "1")?;
+    let biz = lab
+        .node
+        .ip(&["-4", "-o", "addr", "show", "dev", &lab.ports.biz.dev])?;
+    if !biz.contains("inet ") {
+        bail!(
+            "the node lab's biz port {} has no address: {biz}",
+            lab.ports.biz.dev
+        );
+    }
     let cfg = config(&lab)?;
     let server_secs = (RUN_SECS + 40).to_string();
     let mut servers = Vec::new();
     for ns in [&lab.pod2.ns, &lab.ext.ns] {
+        // Late answers keep replies on the wire at every moment, so the gap meets
+        // server-to-client traffic too (what a forwarding kernel resets), not only requests.
         let mut s = spawn(
             ns,
             &[
@@ -106,6 +122,8 @@ fn established_flows_survive_a_takeover() -> Result<()> {
                 "0.0.0.0:8080",
                 "--secs",
                 &server_secs,
+                "--delay-ms",
+                ECHO_DELAY_MS,
             ],
         )?;
         s.wait_for_stdout("listening", Duration::from_secs(10))?;
@@ -230,6 +248,14 @@ fn established_flows_survive_a_takeover() -> Result<()> {
         .lines()
         .find(|l| l.contains("took over from pid"))
         .unwrap_or("(no takeover line)");
+    let held_drops = self_gap
+        .split("held_drops ")
+        .nth(1)
+        .and_then(|t| t.split(' ').next()?.parse::<u64>().ok());
+    println!(
+        "restart: node kernel forwarding and owning the SNAT address; held_drops {} (frames the old steering program dropped in the gap instead of passing them to the kernel)",
+        held_drops.map_or("none (no hold)".into(), |n| n.to_string())
+    );
     println!(
         "restart: {completed}/{flows} flows survived ({survived:.2} %); forwarding gap at the receiver during the takeover {gap_ms:.0} ms (largest gap elsewhere in the run {}; probe {PROBE_RATE}/s, {} received); new afgate ready {:.0} ms after start; {self_gap}",
         if noise_ms > 0.0 {
@@ -244,6 +270,10 @@ fn established_flows_survive_a_takeover() -> Result<()> {
     assert!(
         old_log.contains("afgate: handed over"),
         "old afgate log:\n{old_log}"
+    );
+    assert!(
+        held_drops.is_some(),
+        "the new afgate set no hold in the old program:\n{new_log}"
     );
     let adopted = new_log
         .lines()

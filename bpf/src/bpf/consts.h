@@ -58,7 +58,13 @@ enum steer_stat {
 	STAT_PASS_NO_SOCKET = 5,
 	/* Truncated headers; passed to the kernel (fail-open), see steer.bpf.c. */
 	STAT_MALFORMED = 6,
-	STAT_MAX = 7,
+	/*
+	 * No socket on this queue during a handover hold (hold_until in the
+	 * future): dropped, not passed, so that a forwarding or NAT-owning
+	 * kernel cannot reset the flows the next afgate keeps.
+	 */
+	STAT_HELD_DROP = 7,
+	STAT_MAX = 8,
 };
 
 #endif /* AFGATE_CONSTS_H */

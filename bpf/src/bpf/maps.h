@@ -42,6 +42,21 @@ struct {
 	__type(value, __u8);
 } passthru SEC(".maps");
 
+/*
+ * Handover hold, one entry (key 0): a bpf_ktime_get_ns() deadline, 0 = off.
+ * While now < deadline, frames for the dataplane whose queue has no socket
+ * are dropped instead of passed (a restarting afgate sets it in its
+ * predecessor's instance for the socket gap, then clears it). A deadline,
+ * not a flag, so that it lapses by itself if the new afgate dies mid-handover
+ * and the fail-open fallback returns without anyone clearing it.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} hold_until SEC(".maps");
+
 /* Verdict counters, index = enum steer_stat, summed over CPUs by userspace. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);

@@ -10,6 +10,7 @@
  *   - IPv4 (untagged or in one 802.1Q/802.1ad tag) matching a
  *     passthru rule (node address + TCP 22, ...)                  -> kernel
  *   - everything else -> bpf_redirect_map(xsks, rx queue, XDP_PASS)
+ *     (no socket on the queue while a handover hold runs  -> XDP_DROP)
  *
  * Fail-open: the program is attached through netlink, not a bpf_link, so
  * it outlives a crashed dataplane; the crashed process's sockets leave the
@@ -45,6 +46,15 @@ static __always_inline int pass(__u32 stat)
 {
 	count(stat);
 	return XDP_PASS;
+}
+
+/* A handover hold is running (maps.h: hold_until). */
+static __always_inline int holding(void)
+{
+	__u32 zero = 0;
+	__u64 *until = bpf_map_lookup_elem(&hold_until, &zero);
+
+	return until && *until && bpf_ktime_get_ns() < *until;
 }
 
 SEC("xdp")
@@ -96,8 +106,15 @@ int afgate_steer(struct xdp_md *ctx)
 
 	/* Lower bits of the flags: the action when the slot is empty. */
 	act = bpf_redirect_map(&xsks, ctx->rx_queue_index, XDP_PASS);
-	count(act == XDP_REDIRECT ? STAT_REDIRECT : STAT_PASS_NO_SOCKET);
-	return act;
+	if (act == XDP_REDIRECT) {
+		count(STAT_REDIRECT);
+		return act;
+	}
+	if (holding()) {
+		count(STAT_HELD_DROP);
+		return XDP_DROP;
+	}
+	return pass(STAT_PASS_NO_SOCKET);
 }
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";

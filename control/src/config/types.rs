@@ -518,6 +518,7 @@ impl Config {
         errs.extend(self.validate_services());
         errs.extend(self.validate_neigh());
         errs.extend(self.validate_reliability());
+        errs.extend(self.restart.validate_restart());
         errs
     }
 

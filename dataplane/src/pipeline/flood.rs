@@ -25,8 +25,10 @@
 //! the VIP, so enable it only where backends are reached through their services; an untracked
 //! flow moves if its service's backend set changes (Maglev moves few flows, but some); a UDP
 //! flow that began untracked is tracked (and may be rescheduled) once the guard disengages.
-//! Rule 3 scans the service table, so it costs O(backends) per untracked TCP/UDP packet while
-//! the guard is configured.
+//! Rule 3 is one probe of a reverse index (backend `addr:port/proto` → VIP, built with the
+//! service table; `service::reverse`), so its cost per packet does not grow with the number
+//! of services or backends; keeping the index costs a service change only the backends it
+//! adds or removes.
 
 use super::{Ctx, RxMeta, nat};
 use crate::conntrack::Tuple;
@@ -173,29 +175,9 @@ pub fn reply(frame: &mut Frame, ctx: &Ctx, t: &Tuple) -> Option<super::service::
     if !ctx.tables.flood_guard.is_enabled() || (t.proto != PROTO_TCP && t.proto != PROTO_UDP) {
         return None;
     }
-    let mut found = None;
-    for svc in ctx.tables.services.iter() {
-        let spec = &svc.spec;
-        let Some(vip) = spec.cluster_ip else {
-            continue;
-        };
-        if spec.proto != t.proto || spec.affinity_timeout.is_some() {
-            continue;
-        }
-        if svc
-            .backends()
-            .iter()
-            .any(|b| b.addr == t.src && b.port == t.sport)
-        {
-            match found {
-                None => found = Some((vip, spec.port)),
-                Some(f) if f == (vip, spec.port) => {}
-                // Two services share this backend: the reply cannot say which VIP it was.
-                Some(_) => return None,
-            }
-        }
-    }
-    let (vip, port) = found?;
+    // O(1): a reverse index kept with the service table (`service::reverse`), since this
+    // runs for every untracked TCP/UDP packet, forwarded traffic included.
+    let (vip, port) = ctx.tables.services.backend_vip(t.src, t.sport, t.proto)?;
     let to = Tuple {
         src: vip,
         dst: t.dst,
@@ -391,6 +373,25 @@ mod tests {
         let r = reply(&lab, B1, 8080, 50_000);
         assert_eq!(src_of(&r.frame), (B1, 8080), "left alone");
         assert_eq!(lab.event(Event::FloodGuardReply), 0);
+    }
+
+    #[test]
+    fn forwarded_traffic_and_replies_of_deleted_services_pass_untranslated() {
+        let mut lab = lab(1);
+        let other = Ipv4Addr::new(10, 186, 200, 99);
+        let r = reply(&lab, other, 8080, 50_000);
+        assert_eq!(r.action, Action::Tx(POD60));
+        assert_eq!(src_of(&r.frame), (other, 8080), "not a backend");
+        let r = reply(&lab, B1, 8081, 50_000);
+        assert_eq!(src_of(&r.frame), (B1, 8081), "a backend's other port");
+        assert_eq!(lab.event(Event::FloodGuardReply), 0);
+        assert_eq!(src_of(&reply(&lab, B2, 8080, 50_000).frame), (VIP, 80));
+        let mut t = lab.tables.services.clone();
+        t.remove(1).unwrap();
+        lab.tables.services = t;
+        let r = reply(&lab, B2, 8080, 50_000);
+        assert_eq!(src_of(&r.frame), (B2, 8080), "service deleted");
+        assert_eq!(lab.event(Event::FloodGuardReply), 1);
     }
 
     #[test]

@@ -15,6 +15,7 @@
 
 pub mod affinity;
 pub mod maglev;
+mod reverse;
 
 pub use affinity::{Affinity, LcCounts};
 
@@ -604,6 +605,8 @@ pub struct ServiceTable {
     /// is a node address.
     node_ports: usize,
     slots: Slots,
+    /// Backend → ClusterIP, for the flood guard's stateless replies (`reverse`).
+    by_backend: reverse::BackendIndex,
     pub masquerade: Vec<MasqRule>,
 }
 
@@ -689,9 +692,10 @@ impl ServiceTable {
                 ));
             }
         }
+        let mut prev = None;
         let (slot, generation) = match self.by_id.get(u64::from(spec.id)) {
             Some(IdEntry(old)) => {
-                let old = old.clone();
+                let old = prev.insert(old.clone());
                 self.unindex(&old.spec);
                 let generation = if old.spec.backends == spec.backends {
                     old.generation
@@ -728,6 +732,8 @@ impl ServiceTable {
                 self.node_ports += 1;
             }
         }
+        self.by_backend
+            .update(prev.as_ref().map(|p| &p.spec), Some(&svc.spec));
         self.by_id.insert(IdEntry(svc));
         Ok(())
     }
@@ -757,6 +763,7 @@ impl ServiceTable {
     pub fn remove(&mut self, id: u32) -> Option<Arc<Service>> {
         let IdEntry(old) = self.by_id.remove(u64::from(id))?;
         self.unindex(&old.spec);
+        self.by_backend.update(Some(&old.spec), None);
         self.slots.free(old.slot);
         Some(old)
     }
@@ -811,6 +818,15 @@ impl ServiceTable {
         self.vips.len != 0
             && self.vip_filter.may_contain(a)
             && self.vips.get(u64::from(a)).is_some()
+    }
+
+    /// The ClusterIP `VIP:port` a reply from backend `addr:port/proto` un-DNATs to without
+    /// conntrack (the flood guard's rule 3): the one ClusterIP service without session
+    /// affinity that lists the backend; `None` if none does, or two with different VIPs.
+    /// One hash and one probe, whatever the number of services.
+    #[inline]
+    pub fn backend_vip(&self, addr: Ipv4Addr, port: u16, proto: u8) -> Option<(Ipv4Addr, u16)> {
+        self.by_backend.get(addr, port, proto)
     }
 
     /// Every service, in no particular order.

@@ -117,7 +117,8 @@ impl Fib {
                     mask: mask(len),
                     counts: Box::new([0; FILTER_SIZE]),
                 });
-                self.probes.sort_unstable_by_key(|p| core::cmp::Reverse(p.len));
+                self.probes
+                    .sort_unstable_by_key(|p| core::cmp::Reverse(p.len));
                 self.probes.iter().position(|p| p.len == len).unwrap_or(0)
             }
         };

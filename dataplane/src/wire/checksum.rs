@@ -26,16 +26,22 @@ use super::IpProtocol;
 
 /// Folds a wide one's-complement accumulator to 16 bits (end-around carry, RFC 1071 §2(B)).
 ///
-/// A fixed sequence instead of a loop until no carry is left: the loop's trip count depends
-/// on the data, which costs a mispredicted branch per checksum on the NAT path. 64 → 33
-/// bits, then three 16-bit folds: < 2^33 → ≤ 0x2_fffe → ≤ 0x1_0001 → ≤ 0xffff.
+/// Branch-free and short (a loop until no carry is left costs a data-dependent branch per
+/// checksum on the NAT path): 64 → 32 bits with the carry added back (it cannot carry
+/// again: two `u32`s that overflow sum to at most 2^33 − 2), then Linux's `csum_fold`:
+/// `s + rotl(s, 16)` holds `hi + lo` with its end-around carry in the upper half.
 #[inline]
 const fn fold(sum: u64) -> u16 {
-    let mut s = (sum & 0xffff_ffff) + (sum >> 32);
-    s = (s & 0xffff) + (s >> 16);
-    s = (s & 0xffff) + (s >> 16);
-    s = (s & 0xffff) + (s >> 16);
-    s as u16
+    let (s, carry) = (sum as u32).overflowing_add((sum >> 32) as u32);
+    let s = s.wrapping_add(carry as u32);
+    (s.wrapping_add(s.rotate_left(16)) >> 16) as u16
+}
+
+/// [`fold`] for callers that sum words themselves (e.g. a fixed-size header as five
+/// 32-bit words): the folded, uncomplemented sum.
+#[inline]
+pub fn fold_sum(acc: u64) -> u16 {
+    fold(acc)
 }
 
 /// The folded one's-complement sum of `bytes` as big-endian 16-bit words, an odd last byte
@@ -165,6 +171,17 @@ mod tests {
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        /// The branch-free fold equals RFC 1071's "add the carries until none is left", for
+        /// any 64-bit accumulator.
+        #[test]
+        fn fold_matches_carry_loop(x in any::<u64>()) {
+            let mut s = x;
+            while s >> 16 != 0 {
+                s = (s & 0xffff) + (s >> 16);
+            }
+            prop_assert_eq!(fold(x), s as u16);
+        }
 
         #[test]
         fn data_matches_rfc1071(bytes in proptest::collection::vec(any::<u8>(), 0..1600)) {

@@ -2,7 +2,7 @@
 //! (`tests/tests/restart.rs`), on real kernel sockets.
 //!
 //! ```text
-//! afgate-flows echo-server --listen ADDR:PORT --secs N
+//! afgate-flows echo-server --listen ADDR:PORT --secs N [--delay-ms D]
 //! afgate-flows clients     --connect ADDR:PORT --count N --secs T [--interval-ms I] [--timeout-ms X]
 //! afgate-flows probe-recv  --listen ADDR:PORT --secs N
 //! afgate-flows probe-send  --connect ADDR:PORT --rate PPS --secs T
@@ -15,7 +15,9 @@
 //! `probe-recv` prints `listening`, then after `secs` one JSON line with the datagrams
 //! received, the largest gap between consecutive arrivals and every gap of 10 ms or more
 //! as `[start, end]` in Unix milliseconds (to find the gap of a given moment).
-//! Every mode stops by itself.
+//! `echo-server --delay-ms D` answers each request D ms late, so that replies are on the
+//! wire at any moment (a restart's gap then meets server-to-client traffic, not only
+//! requests). Every mode stops by itself.
 
 use std::collections::HashMap;
 use std::io::{ErrorKind, Read, Write};
@@ -81,6 +83,7 @@ fn secs(a: &HashMap<String, String>) -> Duration {
 fn echo_server(a: &HashMap<String, String>) -> std::io::Result<()> {
     let addr: SocketAddr = get(a, "listen", None);
     let deadline = Instant::now() + secs(a);
+    let delay = Duration::from_millis(get::<u64>(a, "delay-ms", Some(0)).min(10_000));
     let l = TcpListener::bind(addr)?;
     l.set_nonblocking(true)?;
     println!("listening {addr}");
@@ -88,7 +91,7 @@ fn echo_server(a: &HashMap<String, String>) -> std::io::Result<()> {
     while Instant::now() < deadline {
         match l.accept() {
             Ok((s, _)) => {
-                std::thread::spawn(move || echo(s, deadline));
+                std::thread::spawn(move || echo(s, deadline, delay));
             }
             Err(e) if e.kind() == ErrorKind::WouldBlock => {
                 std::thread::sleep(Duration::from_millis(5))
@@ -99,7 +102,7 @@ fn echo_server(a: &HashMap<String, String>) -> std::io::Result<()> {
     Ok(())
 }
 
-fn echo(mut s: TcpStream, deadline: Instant) {
+fn echo(mut s: TcpStream, deadline: Instant, delay: Duration) {
     let _ = s.set_nonblocking(false);
     let _ = s.set_nodelay(true);
     let mut buf = [0u8; 4096];
@@ -112,6 +115,7 @@ fn echo(mut s: TcpStream, deadline: Instant) {
         match s.read(&mut buf) {
             Ok(0) | Err(_) => return,
             Ok(n) => {
+                std::thread::sleep(delay);
                 if s.write_all(&buf[..n]).is_err() {
                     return;
                 }
