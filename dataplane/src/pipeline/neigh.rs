@@ -48,6 +48,19 @@ pub fn resolve(
         eth.set_src_addr(EthernetAddress(out.mac));
         return Action::Tx(out_id);
     }
+    unresolved(frame, ctx, out, out_id, neighbour)
+}
+
+/// [`resolve`] for a next hop whose MAC is unknown: hold a copy, ARP for it. Out of line so
+/// that the resolved case, nearly every frame, inlines into routing without this body.
+#[inline(never)]
+fn unresolved(
+    frame: &mut Frame,
+    ctx: &Ctx,
+    out: &Port,
+    out_id: PortId,
+    neighbour: Ipv4Addr,
+) -> Action {
     let now_ms = (ctx.now_ns / 1_000_000) as u32;
     if !ctx.may_mutate() {
         crate::trace_step!(
