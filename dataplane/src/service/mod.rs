@@ -887,6 +887,8 @@ pub struct WorkerLocal {
     port_next: Cell<u32>,
     /// This worker's new-flow rate, for the flood guard (`pipeline::flood`).
     pub flood: crate::pipeline::flood::WorkerFlood,
+    /// Destination → egress decisions of this worker (`pipeline::nexthop_cache`).
+    pub nexthops: crate::pipeline::nexthop_cache::NextHopCache,
 }
 
 /// Ports SNAT may pick (Linux's default `ip_local_port_range` is 32768–60999).
@@ -905,6 +907,7 @@ impl WorkerLocal {
             // Eight evenly spaced starting points (more workers share them).
             port_next: Cell::new((index as u32 % 8) * (SNAT_SPAN / 8)),
             flood: Default::default(),
+            nexthops: Default::default(),
         }
     }
 

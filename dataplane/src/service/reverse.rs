@@ -12,36 +12,137 @@
 //! its client used. The index keeps every registration (a multiset per backend), so when
 //! one of the two services goes, the other's answer comes back.
 //!
-//! It lives in the [`ServiceTable`](super::ServiceTable) and changes with it: same
-//! [`Sharded`] copy-on-write shards, and a service change touches only the backends it
-//! added or removed (a backend set that only changed weights or states touches nothing).
+//! It lives in the [`ServiceTable`](super::ServiceTable) and changes with it, copy-on-write
+//! like the table's other indexes, and a service change touches only the backends it added
+//! or removed (a backend set that only changed weights or states touches nothing). Unlike
+//! them it is a two-level tree of [`FAN`]² small tables ([`Tree`]): it holds every
+//! backend, several per service, so a flat 256-shard split would make each change copy a
+//! large shard; the tree makes a change copy two arrays of [`FAN`] pointers and one small
+//! table, and a snapshot clone bump one reference count.
 
-use super::{Entry, Key, ServiceSpec, Sharded, key};
+use super::{Entry, Key, MAX_BACKENDS, ServiceSpec, Sharded, hash64, key};
 use core::net::Ipv4Addr;
+use hashbrown::HashTable;
 use std::sync::Arc;
 
-/// A ClusterIP frontend packed as `vip << 16 | port`.
+/// A ClusterIP frontend packed as `vip << 16 | port` (48 bits).
 type Target = u64;
+
+const TARGET: u64 = (1 << 48) - 1;
+/// Registrations of `first` (bits 48..63): only one service listing one backend twice gives
+/// a key the same target twice, so there are at most [`MAX_BACKENDS`].
+const REFS_SHIFT: u32 = 48;
+const REF: u64 = 1 << REFS_SHIFT;
+const REFS: u64 = ((1 << 15) - 1) << REFS_SHIFT;
+const _: () = assert!(MAX_BACKENDS < 1 << 15);
+/// Other targets are registered too (in [`BackendIndex::shared`]): the answer is `None`.
+const AMBIGUOUS: u64 = 1 << 63;
 
 #[inline]
 fn target(vip: Ipv4Addr, port: u16) -> Target {
     (u64::from(u32::from(vip)) << 16) | u64::from(port)
 }
 
-/// The registrations of one backend key: `first` `refs` times, plus `others` — other
-/// targets, none equal to `first`, `None` when there are none. The answer is `first`
-/// exactly when `others` is `None`, so a lookup reads no list.
-#[derive(Debug, Clone)]
+/// One backend key: its first target, how often that is registered, and whether others
+/// are. 16 bytes and `Copy` (no list inline): copying a leaf table for the next snapshot
+/// copies plain words, and freeing the old one needs no walk over its entries.
+#[derive(Debug, Clone, Copy)]
 struct BackendEntry {
     key: Key,
-    first: Target,
-    refs: u32,
-    /// Rare (a backend shared by services): behind an `Arc` so the common entry stays
-    /// small and cloning a shard for the next snapshot copies no list.
-    others: Option<Arc<Vec<Target>>>,
+    /// `AMBIGUOUS | refs << 48 | first target`.
+    val: u64,
 }
 
-impl Entry for BackendEntry {
+/// log2 of [`FAN`].
+const FAN_BITS: u32 = 6;
+/// Pointers per tree level: at 400,000 backends a leaf table holds about 100.
+const FAN: usize = 1 << FAN_BITS;
+
+type Leaf = Arc<HashTable<BackendEntry>>;
+type Group = Arc<[Leaf; FAN]>;
+
+/// A hash map of [`BackendEntry`] as a copy-on-write tree: a root of [`FAN`] groups of
+/// [`FAN`] leaf tables, all `Arc`s shared with the snapshot it was cloned from until written.
+#[derive(Debug, Clone)]
+struct Tree {
+    root: Arc<[Group; FAN]>,
+    len: usize,
+}
+
+impl Default for Tree {
+    fn default() -> Self {
+        // Empty leaves and groups share one allocation each until first written.
+        let leaf: Leaf = Arc::new(HashTable::new());
+        let group: Group = Arc::new(core::array::from_fn(|_| leaf.clone()));
+        Tree {
+            root: Arc::new(core::array::from_fn(|_| group.clone())),
+            len: 0,
+        }
+    }
+}
+
+/// The root and group slots of hash `h`: bits 40..52, apart from the bits hashbrown uses
+/// (the low ones for the bucket, the top 7 for its tag).
+#[inline]
+fn slots(h: u64) -> (usize, usize) {
+    let i = (h >> 40) as usize;
+    (i & (FAN - 1), (i >> FAN_BITS) & (FAN - 1))
+}
+
+impl Tree {
+    #[inline]
+    fn get(&self, k: Key) -> Option<&BackendEntry> {
+        let h = hash64(k);
+        let (a, b) = slots(h);
+        self.root[a][b].find(h, |e| e.key == k)
+    }
+
+    /// The leaf of `h`, unshared (copied with its path if a snapshot still holds it).
+    fn leaf_mut(&mut self, h: u64) -> &mut HashTable<BackendEntry> {
+        let (a, b) = slots(h);
+        let group = &mut Arc::make_mut(&mut self.root)[a];
+        Arc::make_mut(&mut Arc::make_mut(group)[b])
+    }
+
+    fn get_mut(&mut self, k: Key) -> Option<&mut BackendEntry> {
+        // Not copying a path only to find the key absent.
+        self.get(k)?;
+        let h = hash64(k);
+        self.leaf_mut(h).find_mut(h, |e| e.key == k)
+    }
+
+    /// Inserts `e`, whose key is absent.
+    fn insert(&mut self, e: BackendEntry) {
+        let h = hash64(e.key);
+        self.leaf_mut(h).insert_unique(h, e, |x| hash64(x.key));
+        self.len += 1;
+    }
+
+    fn remove(&mut self, k: Key) {
+        let h = hash64(k);
+        if let Ok(o) = self.leaf_mut(h).find_entry(h, |e| e.key == k) {
+            o.remove();
+            self.len -= 1;
+        }
+    }
+
+    #[cfg(test)]
+    fn iter(&self) -> impl Iterator<Item = &BackendEntry> {
+        self.root
+            .iter()
+            .flat_map(|g| g.iter().flat_map(|l| l.iter()))
+    }
+}
+
+/// The other targets of an [`AMBIGUOUS`] key, none equal to its first target (a multiset:
+/// when services leave, the last one's answer comes back).
+#[derive(Debug, Clone)]
+struct SharedEntry {
+    key: Key,
+    others: Vec<Target>,
+}
+
+impl Entry for SharedEntry {
     #[inline]
     fn key(&self) -> u64 {
         self.key
@@ -49,7 +150,12 @@ impl Entry for BackendEntry {
 }
 
 #[derive(Debug, Clone, Default)]
-pub(super) struct BackendIndex(Sharded<BackendEntry>);
+pub(super) struct BackendIndex {
+    map: Tree,
+    /// Behind one `Arc`: backends shared by services are rare, so a snapshot clone should
+    /// not pay 256 more reference counts for them.
+    shared: Arc<Sharded<SharedEntry>>,
+}
 
 /// The target `spec`'s backends un-DNAT to, if it may answer statelessly at all.
 fn eligible(spec: &ServiceSpec) -> Option<Target> {
@@ -77,14 +183,14 @@ impl BackendIndex {
     /// no eligible service has that backend, or two with different VIPs do.
     #[inline]
     pub(super) fn get(&self, addr: Ipv4Addr, port: u16, proto: u8) -> Option<(Ipv4Addr, u16)> {
-        if self.0.len == 0 {
+        if self.map.len == 0 {
             return None;
         }
-        let e = self.0.get(key(addr, port, proto))?;
-        if e.others.is_some() {
+        let e = self.map.get(key(addr, port, proto))?;
+        if e.val & AMBIGUOUS != 0 {
             return None;
         }
-        Some((Ipv4Addr::from((e.first >> 16) as u32), e.first as u16))
+        Some((Ipv4Addr::from((e.val >> 16) as u32), e.val as u16))
     }
 
     /// Moves the index from service `old` to `new` (`None`: absent), touching only the
@@ -132,59 +238,74 @@ impl BackendIndex {
     }
 
     fn add(&mut self, k: Key, t: Target) {
-        let Some(e) = self.0.get_mut(k) else {
-            self.0.insert(BackendEntry {
+        let Some(e) = self.map.get_mut(k) else {
+            self.map.insert(BackendEntry {
                 key: k,
-                first: t,
-                refs: 1,
-                others: None,
+                val: REF | t,
             });
             return;
         };
-        if e.first == t {
-            e.refs += 1;
-        } else {
-            let mut others = e.others.as_deref().cloned().unwrap_or_default();
-            others.push(t);
-            e.others = Some(Arc::new(others));
+        if e.val & TARGET == t {
+            e.val += REF;
+            return;
+        }
+        e.val |= AMBIGUOUS;
+        let shared = Arc::make_mut(&mut self.shared);
+        match shared.get_mut(k) {
+            Some(s) => s.others.push(t),
+            None => {
+                shared.insert(SharedEntry {
+                    key: k,
+                    others: vec![t],
+                });
+            }
         }
     }
 
     fn remove(&mut self, k: Key, t: Target) {
-        let Some(e) = self.0.get_mut(k) else {
+        let Some(e) = self.map.get_mut(k) else {
             debug_assert!(false, "removing an unregistered backend");
             return;
         };
-        if e.first == t {
-            e.refs -= 1;
-            if e.refs > 0 {
-                return;
-            }
-            let Some(others) = e.others.take() else {
-                self.0.remove(k);
-                return;
-            };
-            // Promote one of the others; its copies become `refs`, the rest stay others.
-            let next = others[0];
-            let (same, rest): (Vec<Target>, Vec<Target>) = others.iter().partition(|&&o| o == next);
-            e.first = next;
-            e.refs = same.len() as u32;
-            e.others = (!rest.is_empty()).then(|| Arc::new(rest));
-        } else if let Some(others) = &e.others {
-            let mut others = Vec::clone(others);
-            if let Some(i) = others.iter().position(|&o| o == t) {
-                others.swap_remove(i);
-            } else {
-                debug_assert!(false, "removing an unregistered target");
-            }
-            e.others = (!others.is_empty()).then(|| Arc::new(others));
+        let ambiguous = e.val & AMBIGUOUS != 0;
+        if e.val & TARGET == t && e.val & REFS > REF {
+            e.val -= REF;
+            return;
+        }
+        if e.val & TARGET == t && !ambiguous {
+            self.map.remove(k);
+            return;
+        }
+        if !ambiguous {
+            debug_assert!(false, "removing an unregistered target");
+            return;
+        }
+        let shared = Arc::make_mut(&mut self.shared);
+        let Some(s) = shared.get_mut(k) else {
+            debug_assert!(false, "an ambiguous key without its others");
+            return;
+        };
+        if e.val & TARGET == t {
+            // The last registration of the first target: promote one of the others.
+            let next = s.others[0];
+            let before = s.others.len();
+            s.others.retain(|&o| o != next);
+            e.val = ((before - s.others.len()) as u64) << REFS_SHIFT | next | AMBIGUOUS;
+        } else if let Some(i) = s.others.iter().position(|&o| o == t) {
+            s.others.swap_remove(i);
+        } else {
+            debug_assert!(false, "removing an unregistered target");
+        }
+        if s.others.is_empty() {
+            e.val &= !AMBIGUOUS;
+            shared.remove(k);
         }
     }
 
     /// Every backend key and its answer, for comparing with a brute-force scan (tests).
     #[cfg(test)]
     fn view(&self) -> std::collections::BTreeMap<Key, Option<(Ipv4Addr, u16)>> {
-        self.0
+        self.map
             .iter()
             .map(|e| {
                 let (addr, port, proto) = ((e.key >> 32) as u32, (e.key >> 8) as u16, e.key as u8);
@@ -242,7 +363,7 @@ mod tests {
         );
         t.remove(1).unwrap();
         assert_eq!(t.backend_vip(B61, 8080, PROTO_TCP), None);
-        assert_eq!(t.by_backend.0.len, 0);
+        assert_eq!(t.by_backend.map.len, 0);
     }
 
     #[test]
@@ -268,6 +389,21 @@ mod tests {
     }
 
     #[test]
+    fn a_backend_listed_twice_by_one_service_is_counted_not_ambiguous() {
+        // The config refuses this; the index must stay exact anyway.
+        let mut t = ServiceTable::new();
+        t.upsert(spec(1, Scheduler::Rr, vec![backend(60, 1), backend(60, 2)]))
+            .unwrap();
+        assert_eq!(t.backend_vip(B60, 8080, PROTO_TCP), vip(1));
+        t.upsert(spec(1, Scheduler::Rr, vec![backend(60, 1)]))
+            .unwrap();
+        assert_eq!(t.backend_vip(B60, 8080, PROTO_TCP), vip(1), "one copy left");
+        t.upsert(spec(1, Scheduler::Rr, vec![])).unwrap();
+        assert_eq!(t.backend_vip(B60, 8080, PROTO_TCP), None);
+        assert_eq!(t.by_backend.map.len, 0);
+    }
+
+    #[test]
     fn affinity_nodeport_only_and_moved_vips_follow_eligibility() {
         let mut t = ServiceTable::new();
         let mut s = spec(1, Scheduler::Rr, vec![backend(60, 1)]);
@@ -290,7 +426,7 @@ mod tests {
         s.node_port = Some(31235);
         t.upsert(s).unwrap();
         assert_eq!(t.backend_vip(B60, 8080, PROTO_TCP), None);
-        assert_eq!(t.by_backend.0.len, 0);
+        assert_eq!(t.by_backend.map.len, 0);
     }
 
     /// The rule-3 answer the old code computed by scanning every service.
