@@ -25,6 +25,7 @@ pub mod icmp;
 pub mod local;
 pub mod nat;
 pub mod neigh;
+pub mod nexthop_cache;
 pub mod route;
 pub mod service;
 pub mod vlan;

@@ -4,6 +4,7 @@
 //! frame is turned into an ARP request for that neighbour (a copy of the packet waits in
 //! the ARP pending queue until the reply) — VLAN tag and bond member.
 
+use super::nexthop_cache::{Egress, Stamp};
 use super::{Action, Ctx, RxMeta, flow, icmp};
 use crate::counters::DropReason;
 use crate::frame::Frame;
@@ -11,24 +12,64 @@ use crate::tables::Port;
 use crate::tables::overlay::PortKind;
 use crate::tables::ports::{POD_GATEWAY, PortRole};
 use crate::wire::icmp::{DstUnreachable, Message, TimeExceeded};
-use crate::wire::{Ipv4Packet, ethernet};
+use crate::wire::{Ipv4Packet, ethernet, ipv4};
 use core::net::Ipv4Addr;
 
+#[inline]
 pub fn forward(frame: &mut Frame, meta: &RxMeta, ctx: &Ctx) -> Action {
-    let (dst, ttl, total_len, dont_frag, nh) = {
+    // A known destination: the egress chosen for its previous frame, still valid for this
+    // snapshot and neighbour cache (`pipeline::nexthop_cache`). Classify has checked the
+    // IPv4 header; one fixed-size view lets every access below go unchecked. TTL and MTU
+    // errors take the full path.
+    const FIXED: usize = ethernet::HEADER_LEN + ipv4::HEADER_LEN;
+    if let Some(h) = frame.data_mut().first_chunk_mut::<FIXED>() {
+        let dst = Ipv4Addr::new(h[30], h[31], h[32], h[33]);
+        let total_len = u16::from_be_bytes([h[16], h[17]]);
+        if h[22] > 1
+            && let Some(e) = ctx.local.nexthops.get(dst, ctx)
+            && total_len <= e.mtu
+        {
+            Ipv4Packet::new_unchecked(&mut h[ethernet::HEADER_LEN..]).decrement_ttl();
+            if let Some(index) = e.overlay {
+                return encap_cached(frame, meta, ctx, &e, index);
+            }
+            h[0..6].copy_from_slice(&e.dst_mac);
+            h[6..12].copy_from_slice(&e.src_mac);
+            return Action::Tx(e.port);
+        }
+    }
+    forward_uncached(frame, meta, ctx)
+}
+
+/// A cached route into an overlay: encapsulation (which has the VTEP's route cached too).
+#[inline(never)]
+fn encap_cached(frame: &mut Frame, meta: &RxMeta, ctx: &Ctx, e: &Egress, index: u16) -> Action {
+    let Some(dev) = ctx.tables.ports.get(e.port) else {
+        return Action::Drop(DropReason::PortDown);
+    };
+    super::vxlan::encap(frame, meta, ctx, index, dev, e.neighbour)
+}
+
+/// [`forward`] through the FIB, port table and neighbour cache, filling the next-hop cache
+/// for the destination when its route has one next hop off the overlay. Out of line: the
+/// frames of known destinations do not carry its body.
+#[inline(never)]
+fn forward_uncached(frame: &mut Frame, meta: &RxMeta, ctx: &Ctx) -> Action {
+    // Before the lookups: a change racing with them leaves the entry already stale.
+    let stamp = Stamp::now(ctx);
+    let (dst, ttl, total_len, dont_frag, nh, single) = {
         let ip = Ipv4Packet::new_unchecked(&frame.data()[ethernet::HEADER_LEN..]);
         let dst = ip.dst_addr();
+        let route = ctx.tables.fib.lookup(dst);
         // The flow hash only when ECMP has a choice to make: most routes have one next hop.
-        let nh = ctx
-            .tables
-            .fib
-            .lookup(dst)
+        let nh = route
             .and_then(|r| match r.nexthops.as_slice() {
                 [one] => Some(one),
                 _ => r.select(flow::hash_v4(&ip)),
             })
             .copied();
-        (dst, ip.ttl(), ip.total_len(), ip.dont_frag(), nh)
+        let single = route.is_some_and(|r| r.nexthops.len() == 1);
+        (dst, ip.ttl(), ip.total_len(), ip.dont_frag(), nh, single)
     };
     let Some(nh) = nh else {
         ctx.counters.dropped(DropReason::NoRoute);
@@ -74,6 +115,15 @@ pub fn forward(frame: &mut Frame, meta: &RxMeta, ctx: &Ctx) -> Action {
         .unwrap_or(Action::Drop(DropReason::TooBig));
     }
     Ipv4Packet::new_unchecked(&mut frame.data_mut()[ethernet::HEADER_LEN..]).decrement_ttl();
+    if single {
+        let cache = &ctx.local.nexthops;
+        match out.kind {
+            PortKind::Vxlan { index } => {
+                cache.fill_overlay(ctx, stamp, dst, out, index, nh.neighbour(dst))
+            }
+            _ => cache.fill_resolved(ctx, stamp, dst, out, nh.port, nh.neighbour(dst)),
+        }
+    }
     // VXLAN encapsulation, next-hop MAC (or ARP request), VLAN tag, bond member.
     super::egress::to_nexthop(frame, meta, ctx, &nh, dst)
 }

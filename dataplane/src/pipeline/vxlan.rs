@@ -19,6 +19,7 @@
 //! VXLAN interface's MTU, 1450): DF and too big gets an ICMP fragmentation-needed to the
 //! inner source with that MTU.
 
+use super::nexthop_cache::Stamp;
 use super::{Action, Ctx, RxMeta, classify, flow, neigh};
 use crate::counters::{DropReason, Event};
 use crate::frame::Frame;
@@ -58,26 +59,44 @@ pub fn encap(
             Err(_) => 0,
         }
     };
-    // The outer route is looked up per packet: it may change (bond members, ECMP) without
-    // the overlay's configuration changing.
-    let Some(onh) = ctx
-        .tables
-        .fib
-        .lookup(vtep.remote)
-        .and_then(|r| r.select(hash))
-        .copied()
-    else {
-        return Action::Drop(DropReason::NoRoute);
+    // The route to the VTEP from this worker's next-hop cache when it has one next hop and
+    // a resolved neighbour; otherwise looked up (it may change: bond members, ECMP, without
+    // the overlay's configuration changing; the cache is stamped with the snapshot).
+    let cached = ctx.local.nexthops.get(vtep.remote, ctx);
+    let mut uncached = None;
+    let mtu = match cached {
+        Some(e) => e.mtu,
+        None => {
+            let stamp = Stamp::now(ctx);
+            let Some(route) = ctx.tables.fib.lookup(vtep.remote) else {
+                return Action::Drop(DropReason::NoRoute);
+            };
+            let Some(onh) = route.select(hash).copied() else {
+                return Action::Drop(DropReason::NoRoute);
+            };
+            let Some(uplink) = ctx.tables.ports.get(onh.port) else {
+                return Action::Drop(DropReason::PortDown);
+            };
+            if matches!(uplink.kind, PortKind::Vxlan { .. }) {
+                // VXLAN over VXLAN: a routing loop in the configuration.
+                return Action::Drop(DropReason::NoRoute);
+            }
+            if route.nexthops.len() == 1 {
+                ctx.local.nexthops.fill_resolved(
+                    ctx,
+                    stamp,
+                    vtep.remote,
+                    uplink,
+                    onh.port,
+                    onh.neighbour(vtep.remote),
+                );
+            }
+            uncached = Some((onh, uplink));
+            uplink.mtu
+        }
     };
-    let Some(uplink) = ctx.tables.ports.get(onh.port) else {
-        return Action::Drop(DropReason::PortDown);
-    };
-    if matches!(uplink.kind, PortKind::Vxlan { .. }) {
-        // VXLAN over VXLAN: a routing loop in the configuration.
-        return Action::Drop(DropReason::NoRoute);
-    }
     let outer_ip_len = inner_len + OUTER_LEN;
-    if outer_ip_len > usize::from(uplink.mtu) {
+    if outer_ip_len > usize::from(mtu) {
         return Action::Drop(DropReason::TooBig);
     }
     {
@@ -107,7 +126,18 @@ pub fn encap(
     }
     ctx.counters.event(Event::VxlanEncap);
     crate::trace_step!(ctx, "vxlan", "VNI {} to VTEP {}", overlay.vni, vtep.remote);
-    neigh::resolve(frame, ctx, uplink, onh.port, onh.neighbour(vtep.remote))
+    match (cached, uncached) {
+        (Some(e), _) => {
+            let mut eth = EthernetFrame::new_unchecked(frame.data_mut());
+            eth.set_dst_addr(EthernetAddress(e.dst_mac));
+            eth.set_src_addr(EthernetAddress(e.src_mac));
+            Action::Tx(e.port)
+        }
+        (None, Some((onh, uplink))) => {
+            neigh::resolve(frame, ctx, uplink, onh.port, onh.neighbour(vtep.remote))
+        }
+        (None, None) => Action::Drop(DropReason::NoRoute),
+    }
 }
 
 /// If the frame is VXLAN to a node address, decapsulates it and runs the inner frame

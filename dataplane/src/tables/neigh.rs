@@ -47,6 +47,10 @@ struct Slot {
 pub struct NeighCache {
     slots: Box<[Slot]>,
     mask: usize,
+    /// Bumped after any entry is added, changes MAC/port or is removed (not on refreshes
+    /// or in-use marks): workers' next-hop caches (`pipeline::nexthop_cache`) hold
+    /// resolved MACs only while it is unchanged.
+    generation: AtomicU64,
 }
 
 #[inline]
@@ -79,7 +83,15 @@ impl NeighCache {
         NeighCache {
             slots: (0..n).map(|_| Slot::default()).collect(),
             mask: n - 1,
+            generation: AtomicU64::new(0),
         }
+    }
+
+    /// See the field. Acquire: a reader that sees a generation also sees the entries
+    /// written before it was bumped.
+    #[inline]
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
     }
 
     fn read(&self, slot: &Slot) -> Option<(u32, u32, u64)> {
@@ -146,6 +158,8 @@ impl NeighCache {
         let start = hash(key);
         let mut target = None;
         let mut oldest: Option<(usize, u32)> = None;
+        let packed = pack(mac, port, permanent);
+        let mut changed = true;
         for i in 0..PROBE {
             let idx = (start + i) & self.mask;
             let Some((k, updated, word)) = self.read(&self.slots[idx]) else {
@@ -155,6 +169,7 @@ impl NeighCache {
                 if word & PERMANENT != 0 && !permanent {
                     return false;
                 }
+                changed = word != packed;
                 target = Some(idx);
                 break;
             }
@@ -183,9 +198,11 @@ impl NeighCache {
         slot.ip.store(key, Ordering::Relaxed);
         slot.updated.store(now, Ordering::Relaxed);
         slot.used.store(0, Ordering::Relaxed);
-        slot.word
-            .store(pack(mac, port, permanent), Ordering::Relaxed);
+        slot.word.store(packed, Ordering::Relaxed);
         slot.seq.store(s + 2, Ordering::Release);
+        if changed {
+            self.generation.fetch_add(1, Ordering::Release);
+        }
         true
     }
 
@@ -254,6 +271,7 @@ impl NeighCache {
                     slot.ip.store(u32::MAX, Ordering::Relaxed);
                     slot.word.store(0, Ordering::Relaxed);
                     slot.seq.store(s + 2, Ordering::Release);
+                    self.generation.fetch_add(1, Ordering::Release);
                     return true;
                 }
             }
