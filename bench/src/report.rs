@@ -58,6 +58,8 @@ pub fn markdown(r: &Report) -> String {
                     continue;
                 }
                 let l = &v.latency;
+                // No samples (a counting-only scenario): a dash, not "0.0 µs".
+                let us = |ns: u64| if l.samples == 0 { "–".into() } else { us(ns) };
                 let _ = writeln!(
                     s,
                     "| {} | {} | {} | {:.2} % | {} | {} | {} | {} | {} | {} |",

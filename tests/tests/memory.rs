@@ -16,7 +16,8 @@
 //! `worker_loop_allocates_nothing{,_vxlan}` run the worker in this very test binary (its
 //! `#[global_allocator]` counts allocations per thread): each builds its lab and re-runs
 //! the binary under `ip netns exec node` (so sysfs shows the node's devices) with only
-//! `worker_loop_child`, which starts the runtime in-process (`afgate::inproc::start`),
+//! the same test and the lab named in its environment; that run takes the in-process branch
+//! (`worker_loop_child`), which starts the runtime in-process (`afgate::inproc::start`),
 //! drives the mix from threads moved into the pods' namespaces, and checks the worker
 //! thread's allocation count and syscall counters over the measured window.
 //! `rss_flat_under_new_flows` runs the real afgate binary and reads its VmRSS.
@@ -88,8 +89,15 @@ fn mix(a: &NodeAddrs, new_flows: usize, arp: bool) -> Mix {
     }
 }
 
-/// Re-runs this test binary as `worker_loop_child` in `node` and checks it passed.
-fn run_child(node: &Netns, kind: &str, cfg: &Path, namespaces: &[(&str, &Netns)]) -> Result<()> {
+/// Re-runs this test binary, filtered to the calling test `name`, in `node` with the child's
+/// environment set (so that run takes the in-process branch), and checks it passed.
+fn run_child(
+    name: &str,
+    node: &Netns,
+    kind: &str,
+    cfg: &Path,
+    namespaces: &[(&str, &Netns)],
+) -> Result<()> {
     let exe = std::env::current_exe()?;
     let exe = exe.to_str().context("test binary path")?;
     let ns = namespaces
@@ -106,9 +114,8 @@ fn run_child(node: &Netns, kind: &str, cfg: &Path, namespaces: &[(&str, &Netns)]
         "timeout",
         "120",
         exe,
-        "worker_loop_child",
+        name,
         "--exact",
-        "--ignored",
         "--nocapture",
         "--test-threads=1",
     ]
@@ -131,9 +138,13 @@ fn run_child(node: &Netns, kind: &str, cfg: &Path, namespaces: &[(&str, &Netns)]
 
 #[test]
 fn worker_loop_allocates_nothing() -> Result<()> {
+    if in_child() {
+        return worker_loop_child();
+    }
     let lab = Lab::node_lab()?;
     let cfg = config(&lab)?;
     run_child(
+        "worker_loop_allocates_nothing",
         &lab.node,
         "node",
         &cfg,
@@ -147,12 +158,16 @@ fn worker_loop_allocates_nothing() -> Result<()> {
 
 #[test]
 fn worker_loop_allocates_nothing_vxlan() -> Result<()> {
+    if in_child() {
+        return worker_loop_child();
+    }
     let lab = OverlayLab::build()?;
     let mut y = lab.config_yaml(4789);
     y += &service_yaml(overlay_lab::RPOD_IP);
     let cfg = lab.lab.tmp().join("afgate-mem.yaml");
     std::fs::write(&cfg, y)?;
     run_child(
+        "worker_loop_allocates_nothing_vxlan",
         &lab.node,
         "overlay",
         &cfg,
@@ -232,10 +247,13 @@ fn gratuitous_arp(mac: [u8; 6], ip: Ipv4Addr) -> [u8; 60] {
     f
 }
 
-/// The in-process half of the `worker_loop_allocates_nothing*` tests; fails when run by
-/// itself.
-#[test]
-#[ignore = "run by worker_loop_allocates_nothing* inside the lab's node namespace"]
+/// Whether this process is the re-run made by [`run_child`] (its environment names the lab).
+fn in_child() -> bool {
+    std::env::var_os(ENV_KIND).is_some()
+}
+
+/// The in-process half of the `worker_loop_allocates_nothing*` tests, run inside the lab's
+/// node namespace.
 fn worker_loop_child() -> Result<()> {
     let var = |k: &str| {
         std::env::var(k).with_context(|| format!("{k} unset: run worker_loop_allocates_nothing"))
