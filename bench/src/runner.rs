@@ -39,7 +39,38 @@ fn cmd_out(argv: &[&str]) -> String {
         .unwrap_or_default()
 }
 
+/// Set by SIGINT/SIGTERM during `run`: the runner stops at the next trial and unwinds, so
+/// every lab guard (namespaces, XDP programs, the raised nf_conntrack_max) is dropped
+/// instead of being left behind by a killed process.
+static INTERRUPTED: std::sync::OnceLock<std::sync::Arc<std::sync::atomic::AtomicBool>> =
+    std::sync::OnceLock::new();
+
+/// Whether the run was interrupted by SIGINT/SIGTERM.
+pub fn interrupted() -> bool {
+    INTERRUPTED
+        .get()
+        .is_some_and(|f| f.load(std::sync::atomic::Ordering::Relaxed))
+}
+
+/// Fails once the run was interrupted; called before every trial.
+pub fn check_interrupted() -> Result<()> {
+    if interrupted() {
+        bail!("interrupted (SIGINT/SIGTERM)");
+    }
+    Ok(())
+}
+
 pub fn run(opts: &RunOptions) -> Result<Report> {
+    if INTERRUPTED.get().is_none() {
+        let flag = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+            // A second signal ends the process at once (exit 130), as a user pressing ^C
+            // twice expects; the first one lets the run unwind and clean up.
+            signal_hook::flag::register_conditional_shutdown(sig, 130, flag.clone())?;
+            signal_hook::flag::register(sig, flag.clone())?;
+        }
+        let _ = INTERRUPTED.set(flag);
+    }
     let timing = if opts.smoke {
         Timing::smoke()
     } else if opts.quick {
@@ -87,6 +118,10 @@ pub fn run(opts: &RunOptions) -> Result<Report> {
     };
     let mut broken = Vec::new();
     for name in chosen {
+        if interrupted() {
+            broken.push(format!("{name}: not run (interrupted)"));
+            continue;
+        }
         let res = match name {
             "l3fwd" => scenarios::l3fwd::run(&env, &lab, opts.flows, &progress),
             "flows" => scenarios::flows::run(&env, &lab, opts.quick || opts.smoke, &progress),

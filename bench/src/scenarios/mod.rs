@@ -595,6 +595,7 @@ pub fn zero_loss(
     let mut all = Vec::new();
     let mut rate = fwd * 0.95;
     for i in 0..env.timing.search_trials {
+        crate::runner::check_interrupted()?;
         let t = run(Some(rate), env.timing.search_secs)?;
         let offered = t.generator.offered_pps.min(rate);
         let pass = t.generator.sent > 0 && t.loss < threshold;
@@ -701,6 +702,7 @@ pub fn measure_with(
     };
     let p = |m: &str| progress(&format!("{name}: {m}"));
     let res = (|| -> Result<()> {
+        crate::runner::check_interrupted()?;
         let max = run(None, t.max_secs)?;
         v.max_rx_pps = max.rx_pps();
         p(&format!(
@@ -722,6 +724,7 @@ pub fn measure_with(
         } else {
             v.max_rx_pps * 0.1
         };
+        crate::runner::check_interrupted()?;
         let lt = run(Some(lat_rate.max(1000.0)), t.latency_secs)?;
         v.latency = lt.sink.latency.clone();
         p(&format!(
