@@ -407,7 +407,6 @@ impl Worker {
 
     /// Copies up to [`INJECT_PER_PASS`] queued frames into free UMEM frames and stages them
     /// on their ports' tx rings. Returns how many were taken off the queue.
-    #[allow(unsafe_code)]
     fn drain_injected(
         queue: &ArrayQueue<InjectFrame>,
         ports: &mut [Option<PortIo>],
@@ -423,52 +422,22 @@ impl Worker {
                 break;
             };
             taken += 1;
-            let Some(addr) = pool.alloc() else {
-                ctx.counters.dropped(DropReason::InjectNoFrame);
-                continue;
-            };
-            let chunk_base = umem.chunk_of(addr);
-            // SAFETY: the address just came out of this worker's free pool, so the worker
-            // owns the frame and nothing else references it until it goes on a tx ring.
-            let Some(chunk) = (unsafe { umem.chunk_mut(addr) }) else {
-                ctx.counters.dropped(DropReason::Malformed);
-                continue;
-            };
             let len = f.len as usize;
-            chunk[INJECT_HEADROOM..INJECT_HEADROOM + len].copy_from_slice(&f.bytes[..len]);
-            let mut frame = Frame::new(chunk, INJECT_HEADROOM, len);
-            let out = match pipeline::egress::output(&mut frame, f.port, ctx) {
-                Action::Tx(out) => out,
-                Action::Drop(reason) => {
-                    ctx.counters.dropped(reason);
-                    pool.free(addr);
-                    continue;
-                }
-            };
-            if let Some(c) = capture
-                && out.index() < 64
-                && c.tx_ports & (1 << out.index()) != 0
-            {
-                c.offer(frame.data(), out.0, Direction::Out, worker, ctx.now_ns);
-            }
-            let desc = XdpDesc {
-                addr: chunk_base + frame.start() as u64,
-                len: frame.len() as u32,
-                options: 0,
-            };
-            match ports.get_mut(out.index()).and_then(|o| o.as_mut()) {
-                Some(o) if o.stage.len() < o.stage.capacity() => {
-                    o.stage.push(desc);
-                    ctx.counters.event(Event::FramesInjected);
-                }
-                Some(_) => {
-                    ctx.counters.dropped(DropReason::TxRingFull);
-                    pool.free(addr);
-                }
-                None => {
-                    ctx.counters.dropped(DropReason::PortDown);
-                    pool.free(addr);
-                }
+            let staged = Self::send_copy(
+                ports,
+                umem,
+                pool,
+                ctx,
+                capture,
+                worker,
+                |buf| {
+                    buf[..len].copy_from_slice(&f.bytes[..len]);
+                    len
+                },
+                |frame| pipeline::egress::output(frame, f.port, ctx),
+            );
+            if staged {
+                ctx.counters.event(Event::FramesInjected);
             }
         }
         taken
@@ -477,7 +446,6 @@ impl Worker {
     /// Sends the frames held for ARP whose next hop has resolved (copied into free UMEM
     /// frames; any worker may send them) and drops the expired ones. Returns how many went
     /// out or were dropped for lack of a frame.
-    #[allow(unsafe_code)]
     fn drain_held(
         ports: &mut [Option<PortIo>],
         umem: &Umem,
@@ -489,52 +457,85 @@ impl Worker {
         let mut taken = 0;
         pipeline::neigh::release_held(ctx, |held| {
             taken += 1;
-            // The same shortage an injected frame meets, counted under the same name.
-            let Some(addr) = pool.alloc() else {
-                ctx.counters.dropped(DropReason::InjectNoFrame);
-                return;
-            };
-            let chunk_base = umem.chunk_of(addr);
-            // SAFETY: the address just came out of this worker's free pool, so the worker
-            // owns the frame and nothing else references it until it goes on a tx ring.
-            let Some(chunk) = (unsafe { umem.chunk_mut(addr) }) else {
-                ctx.counters.dropped(DropReason::Malformed);
-                return;
-            };
-            let len = held.copy_to(&mut chunk[INJECT_HEADROOM..]);
-            let mut frame = Frame::new(chunk, INJECT_HEADROOM, len);
-            let out = match pipeline::neigh::send_held(&mut frame, ctx, held.port, held.neighbour) {
-                Action::Tx(out) => out,
-                Action::Drop(reason) => {
-                    ctx.counters.dropped(reason);
-                    pool.free(addr);
-                    return;
-                }
-            };
-            if let Some(c) = capture
-                && out.index() < 64
-                && c.tx_ports & (1 << out.index()) != 0
-            {
-                c.offer(frame.data(), out.0, Direction::Out, worker, ctx.now_ns);
-            }
-            let desc = XdpDesc {
-                addr: chunk_base + frame.start() as u64,
-                len: frame.len() as u32,
-                options: 0,
-            };
-            match ports.get_mut(out.index()).and_then(|o| o.as_mut()) {
-                Some(o) if o.stage.len() < o.stage.capacity() => o.stage.push(desc),
-                Some(_) => {
-                    ctx.counters.dropped(DropReason::TxRingFull);
-                    pool.free(addr);
-                }
-                None => {
-                    ctx.counters.dropped(DropReason::PortDown);
-                    pool.free(addr);
-                }
-            }
+            Self::send_copy(
+                ports,
+                umem,
+                pool,
+                ctx,
+                capture,
+                worker,
+                |buf| held.copy_to(buf),
+                |frame| pipeline::neigh::send_held(frame, ctx, held.port, held.neighbour),
+            );
         });
         taken
+    }
+
+    /// Takes a free UMEM frame, lets `fill` write a frame into it after the headroom (returns
+    /// its length), runs `decide` on it and stages it on the chosen port's tx ring. Frames that
+    /// do not start in the worker's own rx path (injected by the control side, held for ARP)
+    /// all go out this way. Returns whether the frame was staged; every other outcome is
+    /// counted and the UMEM frame goes back to the pool.
+    #[allow(unsafe_code, clippy::too_many_arguments)]
+    fn send_copy(
+        ports: &mut [Option<PortIo>],
+        umem: &Umem,
+        pool: &mut FramePool,
+        ctx: &Ctx,
+        capture: Option<&CaptureSession>,
+        worker: u16,
+        fill: impl FnOnce(&mut [u8]) -> usize,
+        decide: impl FnOnce(&mut Frame) -> Action,
+    ) -> bool {
+        // Injected and held frames meet the same shortage, counted under one name.
+        let Some(addr) = pool.alloc() else {
+            ctx.counters.dropped(DropReason::InjectNoFrame);
+            return false;
+        };
+        let chunk_base = umem.chunk_of(addr);
+        // SAFETY: the address just came out of this worker's free pool, so the worker owns
+        // the frame and nothing else references it until it goes on a tx ring.
+        let Some(chunk) = (unsafe { umem.chunk_mut(addr) }) else {
+            ctx.counters.dropped(DropReason::Malformed);
+            return false;
+        };
+        let len = fill(&mut chunk[INJECT_HEADROOM..]);
+        let mut frame = Frame::new(chunk, INJECT_HEADROOM, len);
+        let out = match decide(&mut frame) {
+            Action::Tx(out) => out,
+            Action::Drop(reason) => {
+                ctx.counters.dropped(reason);
+                pool.free(addr);
+                return false;
+            }
+        };
+        if let Some(c) = capture
+            && out.index() < 64
+            && c.tx_ports & (1 << out.index()) != 0
+        {
+            c.offer(frame.data(), out.0, Direction::Out, worker, ctx.now_ns);
+        }
+        let desc = XdpDesc {
+            addr: chunk_base + frame.start() as u64,
+            len: frame.len() as u32,
+            options: 0,
+        };
+        match ports.get_mut(out.index()).and_then(|o| o.as_mut()) {
+            Some(o) if o.stage.len() < o.stage.capacity() => {
+                o.stage.push(desc);
+                true
+            }
+            Some(_) => {
+                ctx.counters.dropped(DropReason::TxRingFull);
+                pool.free(addr);
+                false
+            }
+            None => {
+                ctx.counters.dropped(DropReason::PortDown);
+                pool.free(addr);
+                false
+            }
+        }
     }
 
     fn flush(&mut self, p: usize) {
