@@ -139,63 +139,7 @@ impl OverlayLab {
             gw: ns(GW),
             lab,
         };
-        // The remote node: Linux's VXLAN, as seeds/001 configures it (Flannel/Calico style).
-        let r = &l.remote;
-        let vni = VNI.to_string();
-        let local = REMOTE_CTL_IP.to_string();
-        let vmac = REMOTE_VXLAN_MAC.to_string();
-        r.ip(&[
-            "link",
-            "add",
-            "vxlan.2",
-            "address",
-            &vmac,
-            "type",
-            "vxlan",
-            "id",
-            &vni,
-            "local",
-            &local,
-            "dstport",
-            "4789",
-            "nolearning",
-            "dev",
-            "eth0",
-        ])?;
-        r.ip(&["link", "set", "vxlan.2", "mtu", "1450", "up"])?;
-        r.ip(&["addr", "add", "10.20.4.0/32", "dev", "vxlan.2"])?;
-        let node_mac = NODE_VXLAN_MAC.to_string();
-        r.ip(&[
-            "neigh",
-            "replace",
-            "10.20.9.0",
-            "lladdr",
-            &node_mac,
-            "dev",
-            "vxlan.2",
-            "nud",
-            "permanent",
-        ])?;
-        r.exec_ok(&[
-            "bridge",
-            "fdb",
-            "append",
-            &node_mac,
-            "dev",
-            "vxlan.2",
-            "dst",
-            &NODE_CTL_IP.to_string(),
-        ])?;
-        r.ip(&[
-            "route",
-            "replace",
-            "10.20.9.0/25",
-            "via",
-            "10.20.9.0",
-            "dev",
-            "vxlan.2",
-            "onlink",
-        ])?;
+        remote_vtep(&l.remote)?;
         // The gateway: both bond members on one bridge, like a switch with a LAG.
         let g = &l.gw;
         g.ip(&["link", "add", "br0", "type", "bridge"])?;
@@ -269,6 +213,68 @@ impl OverlayLab {
         std::fs::write(&path, self.config_yaml(vxlan_port))?;
         Ok(path)
     }
+}
+
+/// The remote node's side of the overlay: Linux's own vxlan device (VNI 2, dstport 4789),
+/// as seeds/001 configures it (Flannel/Calico style), with a permanent neighbour and FDB
+/// entry for the node's VTEP and the route to the node's pod subnet through it.
+pub fn remote_vtep(r: &Netns) -> Result<()> {
+    let vni = VNI.to_string();
+    let local = REMOTE_CTL_IP.to_string();
+    let vmac = REMOTE_VXLAN_MAC.to_string();
+    r.ip(&[
+        "link",
+        "add",
+        "vxlan.2",
+        "address",
+        &vmac,
+        "type",
+        "vxlan",
+        "id",
+        &vni,
+        "local",
+        &local,
+        "dstport",
+        "4789",
+        "nolearning",
+        "dev",
+        "eth0",
+    ])?;
+    r.ip(&["link", "set", "vxlan.2", "mtu", "1450", "up"])?;
+    r.ip(&["addr", "add", "10.20.4.0/32", "dev", "vxlan.2"])?;
+    let node_mac = NODE_VXLAN_MAC.to_string();
+    r.ip(&[
+        "neigh",
+        "replace",
+        "10.20.9.0",
+        "lladdr",
+        &node_mac,
+        "dev",
+        "vxlan.2",
+        "nud",
+        "permanent",
+    ])?;
+    r.exec_ok(&[
+        "bridge",
+        "fdb",
+        "append",
+        &node_mac,
+        "dev",
+        "vxlan.2",
+        "dst",
+        &NODE_CTL_IP.to_string(),
+    ])?;
+    r.ip(&[
+        "route",
+        "replace",
+        "10.20.9.0/25",
+        "via",
+        "10.20.9.0",
+        "dev",
+        "vxlan.2",
+        "onlink",
+    ])?;
+    Ok(())
 }
 
 /// Runs `f` on a thread that entered `ns` (netlink and ifindex lookups then see its devices).

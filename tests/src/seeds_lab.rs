@@ -39,7 +39,7 @@ use anyhow::{Context, Result};
 
 use crate::lab::{End, Lab, LabBuilder, VethSpec};
 use crate::netns::Netns;
-use crate::overlay_lab::{NODE_VXLAN_MAC, REMOTE_VXLAN_MAC, in_netns};
+use crate::overlay_lab::{NODE_VXLAN_MAC, REMOTE_VXLAN_MAC, in_netns, remote_vtep};
 use crate::util::Mac;
 
 pub const NODE: &str = "node";
@@ -210,62 +210,7 @@ impl SeedsLab {
             lab,
         };
         // The remote node: Linux's VXLAN, as in `overlay_lab` (seeds/001).
-        let r = &l.remote;
-        let local = REMOTE_CTL_IP.to_string();
-        let vmac = REMOTE_VXLAN_MAC.to_string();
-        let vni = VNI.to_string();
-        r.ip(&[
-            "link",
-            "add",
-            "vxlan.2",
-            "address",
-            &vmac,
-            "type",
-            "vxlan",
-            "id",
-            &vni,
-            "local",
-            &local,
-            "dstport",
-            "4789",
-            "nolearning",
-            "dev",
-            "eth0",
-        ])?;
-        r.ip(&["link", "set", "vxlan.2", "mtu", "1450", "up"])?;
-        r.ip(&["addr", "add", "10.20.4.0/32", "dev", "vxlan.2"])?;
-        let node_mac = NODE_VXLAN_MAC.to_string();
-        r.ip(&[
-            "neigh",
-            "replace",
-            "10.20.9.0",
-            "lladdr",
-            &node_mac,
-            "dev",
-            "vxlan.2",
-            "nud",
-            "permanent",
-        ])?;
-        r.exec_ok(&[
-            "bridge",
-            "fdb",
-            "append",
-            &node_mac,
-            "dev",
-            "vxlan.2",
-            "dst",
-            &NODE_CTL_IP.to_string(),
-        ])?;
-        r.ip(&[
-            "route",
-            "replace",
-            "10.20.9.0/25",
-            "via",
-            "10.20.9.0",
-            "dev",
-            "vxlan.2",
-            "onlink",
-        ])?;
+        remote_vtep(&l.remote)?;
         // The access switch: one untagged VLAN 1155 segment; only its port towards the node
         // carries the tag (pushed and popped by the tc shim, in the frame bytes: txvlan off).
         let s = &l.sw;
