@@ -27,10 +27,11 @@ target/release/afgate-demo --secs "$secs" >"$log" 2>&1 &
 demo=$!
 # Stop only what this script started, whatever happens.
 trap 'kill "$demo" 2>/dev/null || true' EXIT
-# afgate is the demo's child (ip netns exec execs into it).
+# afgate is the demo's child (ip netns exec execs into it); the demo's `afgate ctl` calls are
+# children too, short-lived: pick the one running the dataplane.
 pid=""
 for _ in $(seq 1 100); do
-    pid=$(pgrep -P "$demo" -x afgate || true)
+    pid=$(pgrep -P "$demo" -f '/afgate run ' | head -1 || true)
     [ -n "$pid" ] && break
     sleep 0.2
 done
