@@ -371,28 +371,8 @@ impl Worker {
             }
             match pipeline::process(&mut frame, &meta, ctx) {
                 Action::Tx(out) => {
-                    if let Some(c) = cap_tx
-                        && out.index() < 64
-                        && c.tx_ports & (1 << out.index()) != 0
-                    {
-                        c.offer(frame.data(), out.0, Direction::Out, worker, ctx.now_ns);
-                    }
-                    let desc = XdpDesc {
-                        addr: chunk_base + frame.start() as u64,
-                        len: frame.len() as u32,
-                        options: 0,
-                    };
-                    match ports.get_mut(out.index()).and_then(|o| o.as_mut()) {
-                        Some(o) if o.stage.len() < o.stage.capacity() => o.stage.push(desc),
-                        Some(_) => {
-                            counters.dropped(DropReason::TxRingFull);
-                            pool.free(d.addr);
-                        }
-                        None => {
-                            counters.dropped(DropReason::PortDown);
-                            pool.free(d.addr);
-                        }
-                    }
+                    let tap = cap_tx.map(|c| (c, worker, ctx.now_ns));
+                    Self::stage_tx(ports, pool, counters, tap, out, &frame, d.addr, chunk_base);
                 }
                 Action::Drop(reason) => {
                     counters.dropped(reason);
@@ -509,11 +489,39 @@ impl Worker {
                 return false;
             }
         };
-        if let Some(c) = capture
+        let tap = capture.map(|c| (c, worker, ctx.now_ns));
+        Self::stage_tx(
+            ports,
+            pool,
+            ctx.counters,
+            tap,
+            out,
+            &frame,
+            addr,
+            chunk_base,
+        )
+    }
+
+    /// Offers a frame leaving on `out` to the capture tap (when its tx side covers `out`) and
+    /// stages it on `out`'s tx ring. A full ring or a port without a socket drops it, counted,
+    /// and its UMEM frame (`addr`) goes back to the pool. Returns whether it was staged.
+    #[inline]
+    #[allow(clippy::too_many_arguments)]
+    fn stage_tx(
+        ports: &mut [Option<PortIo>],
+        pool: &mut FramePool,
+        counters: &WorkerCounters,
+        tap: Option<(&CaptureSession, u16, u64)>,
+        out: PortId,
+        frame: &Frame,
+        addr: u64,
+        chunk_base: u64,
+    ) -> bool {
+        if let Some((c, worker, now_ns)) = tap
             && out.index() < 64
             && c.tx_ports & (1 << out.index()) != 0
         {
-            c.offer(frame.data(), out.0, Direction::Out, worker, ctx.now_ns);
+            c.offer(frame.data(), out.0, Direction::Out, worker, now_ns);
         }
         let desc = XdpDesc {
             addr: chunk_base + frame.start() as u64,
@@ -526,12 +534,12 @@ impl Worker {
                 true
             }
             Some(_) => {
-                ctx.counters.dropped(DropReason::TxRingFull);
+                counters.dropped(DropReason::TxRingFull);
                 pool.free(addr);
                 false
             }
             None => {
-                ctx.counters.dropped(DropReason::PortDown);
+                counters.dropped(DropReason::PortDown);
                 pool.free(addr);
                 false
             }
