@@ -21,6 +21,7 @@
 //! [`capture`] (tcpdump on a far-side device), [`process`] (bounded child processes, the afgate
 //! process), [`peer`] (kernel TCP/UDP peers via the `afgate-peer` binary), [`ping`].
 
+pub mod args;
 pub mod capture;
 pub mod lab;
 pub mod mem_lab;

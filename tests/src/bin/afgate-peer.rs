@@ -19,7 +19,8 @@
 //! as fast as possible); with `--vary-arp-target 1` the ARP target address (bytes 38..42)
 //! counts up from FRAME's, so each copy asks for another host. Prints `sent N`.
 
-use std::collections::{BTreeMap, HashMap};
+use afgate_tests::args::Args;
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::process::ExitCode;
@@ -38,53 +39,13 @@ const USAGE: &str =
 const DEFAULT_MAX_SECS: u64 = 60;
 const DEFAULT_TIMEOUT_SECS: u64 = 5;
 
-struct Args {
-    map: HashMap<String, String>,
-}
-
-impl Args {
-    fn parse(rest: &[String]) -> Result<Args> {
-        let mut map = HashMap::new();
-        let mut it = rest.iter();
-        while let Some(k) = it.next() {
-            let key = k
-                .strip_prefix("--")
-                .with_context(|| format!("unexpected argument {k:?}\n{USAGE}"))?;
-            let v = it
-                .next()
-                .with_context(|| format!("--{key} needs a value\n{USAGE}"))?;
-            map.insert(key.to_string(), v.clone());
-        }
-        Ok(Args { map })
-    }
-    fn req(&self, k: &str) -> Result<&str> {
-        self.map
-            .get(k)
-            .map(String::as_str)
-            .with_context(|| format!("missing --{k}\n{USAGE}"))
-    }
-    fn num(&self, k: &str, default: u64) -> Result<u64> {
-        match self.map.get(k) {
-            None => Ok(default),
-            Some(v) => v
-                .parse()
-                .with_context(|| format!("--{k} {v:?} is not a number")),
-        }
-    }
-    fn addr(&self, k: &str) -> Result<SocketAddr> {
-        let v = self.req(k)?;
-        v.parse()
-            .with_context(|| format!("--{k} {v:?} is not ADDR:PORT"))
-    }
-}
-
 fn main() -> ExitCode {
     let argv: Vec<String> = std::env::args().collect();
     let Some(mode) = argv.get(1) else {
         eprintln!("{USAGE}");
         return ExitCode::from(2);
     };
-    let result = Args::parse(&argv[2..]).and_then(|a| match mode.as_str() {
+    let result = Args::parse(&argv[2..], USAGE).and_then(|a| match mode.as_str() {
         "tcp-server" => tcp_server(&a),
         "tcp-client" => tcp_client(&a),
         "udp-server" => udp_server(&a),

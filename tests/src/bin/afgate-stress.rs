@@ -24,6 +24,7 @@
 //! - `udp-flows`: N connected UDP sockets (N flows), each sending a datagram every interval
 //!   for S seconds; prints per flow the datagrams sent and replies received.
 
+use afgate_tests::args::Args;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream, UdpSocket};
 use std::process::ExitCode;
@@ -44,54 +45,13 @@ const MAX_CONNS: u64 = 512;
 const MAX_THREADS: u64 = 64;
 const MAX_ROUNDS: u64 = 10_000;
 
-struct Args(std::collections::HashMap<String, String>);
-
-impl Args {
-    fn parse(rest: &[String]) -> Result<Args> {
-        let mut map = std::collections::HashMap::new();
-        let mut it = rest.iter();
-        while let Some(k) = it.next() {
-            let key = k
-                .strip_prefix("--")
-                .with_context(|| format!("unexpected argument {k:?}\n{USAGE}"))?;
-            let v = it
-                .next()
-                .with_context(|| format!("--{key} needs a value"))?;
-            map.insert(key.to_string(), v.clone());
-        }
-        Ok(Args(map))
-    }
-    fn req(&self, k: &str) -> Result<&str> {
-        self.0
-            .get(k)
-            .map(String::as_str)
-            .with_context(|| format!("missing --{k}\n{USAGE}"))
-    }
-    fn num(&self, k: &str, default: Option<u64>, max: u64) -> Result<u64> {
-        let v = match (self.0.get(k), default) {
-            (Some(v), _) => v.parse().with_context(|| format!("--{k} {v:?}"))?,
-            (None, Some(d)) => d,
-            (None, None) => bail!("missing --{k}\n{USAGE}"),
-        };
-        if v == 0 || v > max {
-            bail!("--{k} {v}: allowed 1..={max}");
-        }
-        Ok(v)
-    }
-    fn addr(&self, k: &str) -> Result<SocketAddrV4> {
-        let v = self.req(k)?;
-        v.parse()
-            .with_context(|| format!("--{k} {v:?} is not IP:PORT"))
-    }
-}
-
 fn main() -> ExitCode {
     let argv: Vec<String> = std::env::args().collect();
     let Some(mode) = argv.get(1) else {
         eprintln!("{USAGE}");
         return ExitCode::from(2);
     };
-    let r = Args::parse(&argv[2..]).and_then(|a| match mode.as_str() {
+    let r = Args::parse(&argv[2..], USAGE).and_then(|a| match mode.as_str() {
         "syn-flood" => syn_flood(&a),
         "tcp-hold" => tcp_hold(&a),
         "udp-race" => udp_race(&a),
@@ -198,7 +158,7 @@ fn syn_flood(a: &Args) -> Result<()> {
     let dev = a.req("dev")?;
     let src_mac = parse_mac(a.req("src-mac")?)?;
     let dst_mac = parse_mac(a.req("dst-mac")?)?;
-    let dst = a.addr("dst")?;
+    let dst = a.addr_v4("dst")?;
     let net = a.req("src-net")?;
     let (base, len) = net
         .split_once('/')
@@ -209,8 +169,8 @@ fn syn_flood(a: &Args) -> Result<()> {
         bail!("--src-net /{len}: allowed /8../30");
     }
     let host_mask = u32::MAX >> len;
-    let count = a.num("count", None, MAX_COUNT)?;
-    let secs = a.num("secs", None, MAX_SECS)?;
+    let count = a.bounded("count", None, MAX_COUNT)?;
+    let secs = a.bounded("secs", None, MAX_SECS)?;
     let cdev = std::ffi::CString::new(dev).context("--dev")?;
     // SAFETY: cdev is a valid NUL-terminated string.
     let ifindex = unsafe { libc::if_nametoindex(cdev.as_ptr()) };
@@ -293,10 +253,10 @@ struct Held {
 }
 
 fn tcp_hold(a: &Args) -> Result<()> {
-    let addr = SocketAddr::V4(a.addr("connect")?);
-    let n = a.num("conns", None, MAX_CONNS)?;
-    let secs = a.num("secs", None, MAX_SECS)?;
-    let interval = Duration::from_millis(a.num("interval-ms", Some(100), 10_000)?);
+    let addr = SocketAddr::V4(a.addr_v4("connect")?);
+    let n = a.bounded("conns", None, MAX_CONNS)?;
+    let secs = a.bounded("secs", None, MAX_SECS)?;
+    let interval = Duration::from_millis(a.bounded("interval-ms", Some(100), 10_000)?);
     // Generous: under a flood a segment may need a few retransmissions (RTO doubling from
     // 200 ms); only a connection that is really gone should fail.
     let io_timeout = Duration::from_secs(10);
@@ -371,10 +331,10 @@ fn pin_to(cpu: usize) {
 }
 
 fn udp_race(a: &Args) -> Result<()> {
-    let dst = a.addr("connect")?;
-    let threads = a.num("threads", None, MAX_THREADS)? as usize;
-    let rounds = a.num("rounds", None, MAX_ROUNDS)?;
-    let timeout = Duration::from_millis(a.num("timeout-ms", Some(1000), 10_000)?);
+    let dst = a.addr_v4("connect")?;
+    let threads = a.bounded("threads", None, MAX_THREADS)? as usize;
+    let rounds = a.bounded("rounds", None, MAX_ROUNDS)?;
+    let timeout = Duration::from_millis(a.bounded("timeout-ms", Some(1000), 10_000)?);
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut out = Vec::new();
     let (mut total_sent, mut total_replies) = (0u64, 0u64);
@@ -429,10 +389,10 @@ fn udp_race(a: &Args) -> Result<()> {
 }
 
 fn udp_flows(a: &Args) -> Result<()> {
-    let dst = a.addr("connect")?;
-    let n = a.num("flows", None, MAX_CONNS)? as usize;
-    let secs = a.num("secs", None, MAX_SECS)?;
-    let interval = Duration::from_millis(a.num("interval-ms", Some(20), 10_000)?);
+    let dst = a.addr_v4("connect")?;
+    let n = a.bounded("flows", None, MAX_CONNS)? as usize;
+    let secs = a.bounded("secs", None, MAX_SECS)?;
+    let interval = Duration::from_millis(a.bounded("interval-ms", Some(20), 10_000)?);
     let mut socks = Vec::new();
     for _ in 0..n {
         let s = UdpSocket::bind("0.0.0.0:0")?;
