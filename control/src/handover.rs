@@ -308,9 +308,11 @@ impl Startup {
             Opened::Adopted => {
                 if predecessor.is_none() {
                     // Nobody else maps it: a previous afgate died, maybe mid-insert.
-                    let n = ct.clear_stale_locks();
+                    let n = ct.recover_abandoned();
                     if n > 0 {
-                        println!("afgate: conntrack state: cleared {n} stale insert lock(s)");
+                        println!(
+                            "afgate: conntrack state: freed {n} slot(s) left mid-insert or mid-kill"
+                        );
                     }
                 }
                 println!(

@@ -22,8 +22,9 @@
 //!
 //! # Concurrency and memory ordering
 //!
-//! - **Lookups and per-packet updates never lock and never wait.** A lookup loads index
-//!   entries (Acquire) and reads the slot under its seqlock: `seq` (Acquire), the fields
+//! - **Nothing locks, and nothing waits for another thread.** Lookups and per-packet
+//!   updates never wait for a writer (a read that keeps meeting one is a miss). A lookup
+//!   loads index entries (Acquire) and reads the slot under its seqlock: `seq` (Acquire), the fields
 //!   (Relaxed), an Acquire fence, `seq` again; an odd or changed `seq` means a writer was
 //!   there, and the read is retried a few times and then taken as a miss. The writer of a
 //!   slot's fields is always its exclusive owner (it popped the slot from the free stack or
@@ -32,9 +33,9 @@
 //!   sees any new field value also sees the odd `seq` on its second load. All fields are
 //!   atomics, so a torn read is detected, never undefined behaviour; no `unsafe` here.
 //!   The index entry is published (Release CAS) after the slot is written, and the slot
-//!   turns `LIVE` (Release) after both entries are published, so a reader that finds an
-//!   entry reads at least that version of the slot, and a reader never acts on a slot whose
-//!   entries are half there.
+//!   turns `LIVE` (Release CAS) only after both entries are published, so a reader that
+//!   finds an entry reads at least that version of the slot, and a reader never acts on a
+//!   slot whose entries are half there.
 //! - A reader checks that the slot is `LIVE`, that its tuple in the entry's direction equals
 //!   the one looked up (a slot freed and reused for another flow fails this) and that it has
 //!   not expired. Stale index entries are therefore only slow, never wrong.
@@ -44,18 +45,63 @@
 //!   `meta`), so an update never lands on the next flow to use the slot. Nothing is written
 //!   when the second, state and flags are unchanged: a flow's steady packets only add to
 //!   its counters (relaxed `fetch_add`).
-//! - **Inserts** (first packet of a flow) take the home buckets' write locks of both tuples,
-//!   in bucket order, as netfilter does (`nf_conntrack_double_lock`). The lock is a bit in
-//!   the bucket's own line, held for a few dozen instructions, and readers never look at it.
-//!   It makes "is `orig` already there, is `reply` free, insert both" atomic with respect
-//!   to other inserts of the same tuples, which is what turns the Kubernetes UDP/DNS race
-//!   (two workers see the first two packets of one flow at once) into one entry that both
-//!   translate through. Entry positions are still claimed by CAS, because an entry may
-//!   overflow into a bucket whose lock another insert holds.
+//! - **Inserts** (first packet of a flow) take no lock either. An insert *stages* the flow:
+//!   pops a slot (or early-drops one), writes it (INIT), publishes both index entries by CAS
+//!   into empty positions (an entry may land in any of the window's buckets), stores `meta`
+//!   PENDING and issues a SeqCst fence. Then it *arbitrates*: it scans the windows of both
+//!   tuples for rivals, other PENDING or LIVE slots holding `orig` or `reply` in their
+//!   entry's direction (an expired LIVE one is reclaimed instead), and
+//!   - loses to a LIVE rival (a flow already there: the Kubernetes UDP/DNS race, two workers
+//!     seeing the first packets of one flow at once, ends in one entry that both translate
+//!     through; or a clash), or to a PENDING one in a lower slot;
+//!   - else aborts each (higher) PENDING rival by a CAS `PENDING → ABORTED` on its exact
+//!     `meta`, bumping its reuse generation (a CAS that finds the rival LIVE makes it lose
+//!     after all), and goes LIVE by a CAS `PENDING → LIVE` on its own `meta`, which fails if
+//!     a lower rival aborted it meanwhile.
+//!
+//!   The same scan thus answers the plain cases (the flow is there: return it; `reply` is
+//!   taken: `Clash`) at the cost of a staged slot, which only races and clashes pay; an
+//!   insert that cannot stage (no slot, no index room) looks for the flow before `Full`.
+//!   A loser marks itself ABORTED (so that rivals stop yielding to it), clears its entries,
+//!   frees its slot and returns the rival: `Ok` with the rival's flow if it holds `orig`
+//!   (a PENDING rival's flow is already final), `Err(Clash)` if it holds only `reply`. An
+//!   insert aborted after deciding to win looks once for the rival that aborted it (PENDING
+//!   or LIVE) and starts over only if that one withdrew too. Orderings: the abort CAS is
+//!   Release and the failed LIVE CAS Acquire, so that this second look sees the aborter's
+//!   entries; the successful LIVE CAS is Release like any publication; a loser's CAS of its
+//!   own `meta` to ABORTED is Relaxed (it publishes nothing: a rival that still reads it
+//!   PENDING only yields to it needlessly); everything else an arbitration reads is
+//!   ordered by the two fences.
+//!
+//!   *At most one LIVE slot per tuple.* Take two inserts X and Y sharing a tuple. Each
+//!   stores its entries and PENDING before its SeqCst fence and scans after it, so (the
+//!   store-buffering pattern) the one whose fence comes later in the total order of SeqCst
+//!   fences sees the other's entry and reads its `meta` at PENDING or later. Say X sees Y.
+//!   If Y is LIVE, X loses; if PENDING in a lower slot, X loses; if PENDING in a higher
+//!   slot, X's abort CAS and Y's own LIVE CAS are two read-modify-writes of one word, so
+//!   exactly one succeeds: Y never goes LIVE, or X finds it LIVE and loses. If X finds Y's
+//!   entry gone, or Y's slot ABORTED, rewritten or DEAD, Y withdrew or was killed already.
+//!   A slot goes LIVE only by its owner's CAS, so X and Y are never LIVE together.
+//!   *No drop.* Only a lower slot aborts a PENDING one, so among inserts staged at once the
+//!   one in the lowest slot is never aborted: it goes LIVE, or loses to a LIVE flow. An
+//!   insert starts over only after being aborted by a lower one that then lost in turn, so
+//!   every repetition follows another insert's completion: inserts are lock-free (none ever
+//!   waits for another), not wait-free. *Same translation.* With two racing workers the
+//!   loser returns the flow that goes LIVE (the lower PENDING slot, or the LIVE one). With
+//!   three or more, a loser may return a PENDING rival that a still lower one then aborts:
+//!   that one packet is translated by a flow that never goes LIVE (and its `update` is a
+//!   no-op), the next packet finds the winner; likewise a loser to such a rival may get a
+//!   spurious `Clash` (SNAT picks another port). Until it goes LIVE, a staged slot is
+//!   invisible to lookups, `update`, kills, gc, early drop, flush and listings, all of which
+//!   act on LIVE slots only: a PENDING or ABORTED slot belongs to its inserter.
 //! - **Kills** (remove, gc, early drop, flush) need no lock: one CAS `LIVE → DEAD` on
 //!   `meta` picks the single killer, which then owns the slot, clears its two entries by CAS
 //!   on their exact values (the slot number makes them unique) and pushes the slot back.
 //!   Killing a flow never makes a live tuple look absent to an insert.
+//! - A process that dies mid-insert or mid-kill (the table may live in a shared segment)
+//!   leaves INIT, PENDING, ABORTED or DEAD slots that nobody owns;
+//!   [`Conntrack::recover_abandoned`] frees them when the next process adopts the segment
+//!   alone.
 //!
 //! # Expiry
 //!
@@ -235,6 +281,33 @@ pub struct Hit {
     meta: u64,
 }
 
+impl Hit {
+    /// The flow as a slot, reuse generation and matched tuple, for [`Conntrack::refresh`].
+    #[inline]
+    pub fn flow_ref(&self) -> FlowRef {
+        let t = if self.dir == Dir::Original {
+            &self.flow.orig
+        } else {
+            &self.flow.reply
+        };
+        FlowRef {
+            slot: self.slot,
+            reuse: Meta(self.meta).reuse(),
+            key: t.words(),
+        }
+    }
+}
+
+/// A flow found by a lookup, remembered as its slot, the slot's reuse generation then
+/// (every kill bumps it) and the tuple it was found by: a slot reused so often that its
+/// generation wrapped still fails on the tuple.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub struct FlowRef {
+    slot: u32,
+    reuse: u64,
+    key: (u64, u64),
+}
+
 /// Idle timeouts in seconds, per protocol and TCP state.
 #[derive(Clone, Debug)]
 pub struct Timeouts {
@@ -303,8 +376,13 @@ pub struct Stats {
     /// Live slots (including expired ones gc has not reached yet).
     pub entries: u64,
     pub inserts: u64,
-    /// Inserts that found the same `orig` already there and returned it.
+    /// Inserts that found the same `orig` already there, or being inserted by another
+    /// worker, and returned that flow.
     pub insert_races: u64,
+    /// Inserts that staged their flow and then withdrew because another flow held or was
+    /// being inserted with one of its tuples (each race and each clash; those holding
+    /// `orig` are counted in `insert_races` too).
+    pub insert_lost: u64,
     /// Unreplied flows evicted to make room.
     pub early_drops: u64,
     /// Expired flows reclaimed (by gc or by an insert needing room).
@@ -338,7 +416,7 @@ pub struct EntryView {
 // ---------------------------------------------------------------------------------------------
 
 /// `meta` bits: 0..32 last-seen second | 32..36 TcpState | 36 replied | 37..39 class |
-/// 39..41 life | 41..43 FINs seen (orig, reply) | 43..64 reuse generation.
+/// 39..42 life | 42..44 FINs seen (orig, reply) | 44..64 reuse generation.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 struct Meta(u64);
 
@@ -346,10 +424,15 @@ const CLASS_TCP: u64 = 0;
 const CLASS_UDP: u64 = 1; // and every protocol without its own timeouts
 const CLASS_ICMP: u64 = 2;
 
+// A slot's life: FREE (in the free stack) → INIT (its inserter writes it) → PENDING (both
+// entries published, arbitrating) → LIVE, or → ABORTED (lost) → FREE; LIVE → DEAD (its
+// killer owns it) → FREE. Only LIVE slots are seen by readers, kills and updates.
 const LIFE_FREE: u64 = 0;
 const LIFE_INIT: u64 = 1;
 const LIFE_LIVE: u64 = 2;
 const LIFE_DEAD: u64 = 3;
+const LIFE_PENDING: u64 = 4;
+const LIFE_ABORTED: u64 = 5;
 
 impl Meta {
     #[inline]
@@ -370,36 +453,54 @@ impl Meta {
     }
     #[inline]
     fn life(self) -> u64 {
-        (self.0 >> 39) & 3
+        (self.0 >> 39) & 7
     }
     #[inline]
     fn fins(self) -> u8 {
-        ((self.0 >> 41) & 3) as u8
+        ((self.0 >> 42) & 3) as u8
     }
     #[inline]
     fn reuse(self) -> u64 {
-        self.0 >> 43
+        self.0 >> 44
     }
     #[inline]
     fn with_life(self, life: u64) -> Meta {
-        Meta((self.0 & !(3 << 39)) | (life << 39))
+        Meta((self.0 & !(7 << 39)) | (life << 39))
     }
+    /// The next reuse generation (20 bits: a stale `Hit` would have to outlive 2^20 reuses
+    /// of its slot to be mistaken for the current flow).
     #[inline]
     fn bump_gen(self) -> Meta {
-        Meta((self.0 & ((1 << 43) - 1)) | (self.reuse().wrapping_add(1) << 43))
+        Meta((self.0 & ((1 << 44) - 1)) | (self.reuse().wrapping_add(1) << 44))
     }
     #[inline]
     fn with(self, ts: u32, state: TcpState, fins: u8, replied: bool) -> Meta {
-        let keep = self.0 & !(0xffff_ffff | (0xf << 32) | (1 << 36) | (3 << 41));
+        let keep = self.0 & !(0xffff_ffff | (0xf << 32) | (1 << 36) | (3 << 42));
         Meta(
             keep | u64::from(ts)
                 | ((state as u64) << 32)
                 | (u64::from(replied) << 36)
-                | (u64::from(fins & 3) << 41),
+                | (u64::from(fins & 3) << 42),
         )
     }
+    /// True when a packet with `flags` in direction `dir` at second `now` would leave the
+    /// word as it is (what `Conntrack::step` would find, without the state machine): stamped
+    /// this second already, replied already or not a reply, and for TCP no SYN, FIN or RST
+    /// in a state that only those move.
+    #[inline]
+    fn steady(self, dir: Dir, flags: u8, now: u32) -> bool {
+        const KEEP: u64 = 1 << TcpState::SynSent as u64
+            | 1 << TcpState::Established as u64
+            | 1 << TcpState::CloseWait as u64
+            | 1 << TcpState::TimeWait as u64
+            | 1 << TcpState::Close as u64;
+        self.ts() >= now
+            && (self.replied() || dir == Dir::Original)
+            && (self.class() != CLASS_TCP
+                || (flags & (SYN | FIN | RST) == 0 && (KEEP >> ((self.0 >> 32) & 0xf)) & 1 != 0))
+    }
     fn fresh(reuse: u64, class: u64, ts: u32) -> Meta {
-        Meta((reuse << 43) | (LIFE_INIT << 39) | (class << 37) | u64::from(ts))
+        Meta((reuse << 44) | (LIFE_INIT << 39) | (class << 37) | u64::from(ts))
     }
 }
 
@@ -414,6 +515,56 @@ fn flow_of_words(w: &[u64; 6]) -> Flow {
         generation: (w[5] >> 32) as u32,
         mark: w[5] as u32,
     }
+}
+
+/// An insert between [`Conntrack::stage`] and [`Conntrack::settle`]: its slot, written and
+/// published, with the PENDING `meta` it stored, and its tuples' hashes.
+#[derive(Clone, Copy, Debug)]
+struct Staged {
+    slot: u32,
+    meta: Meta,
+    ho: u32,
+    hr: u32,
+}
+
+/// What [`Conntrack::arbitrate`] decided for a staged insert.
+#[derive(Debug)]
+enum Verdict {
+    /// No rival stands: try to go LIVE.
+    Win,
+    /// A rival wins; what the insert returns: the rival's flow if it holds `orig`, else
+    /// `Clash`.
+    Lose(Result<Hit, InsertError>),
+}
+
+/// What an insert of `flow` that lost to the rival in `slot` (its words and `meta` as read
+/// together) returns: the rival's flow if it holds `flow.orig`, in whichever direction (the
+/// rival may have been found through `flow.reply` only because its `orig` entry appeared
+/// after the scan of that window), else `Clash`.
+fn answer(flow: &Flow, slot: u32, w: &[u64; 6], m: Meta) -> Result<Hit, InsertError> {
+    answer_hit(
+        flow,
+        Hit {
+            slot,
+            dir: Dir::Original,
+            flow: flow_of_words(w),
+            state: m.state(),
+            replied: m.replied(),
+            meta: m.0,
+        },
+    )
+}
+
+/// [`answer`] for a flow found as `hit`.
+fn answer_hit(flow: &Flow, hit: Hit) -> Result<Hit, InsertError> {
+    let dir = if hit.flow.orig == flow.orig {
+        Dir::Original
+    } else if hit.flow.reply == flow.orig {
+        Dir::Reply
+    } else {
+        return Err(InsertError::Clash);
+    };
+    Ok(Hit { dir, ..hit })
 }
 
 fn class_of(proto: u8) -> u64 {
@@ -486,10 +637,9 @@ struct SlotCounters {
 
 const BUCKET_ENTRIES: usize = 7;
 
-/// One cache line of index: a control word and 7 entries. The control word holds the
-/// insert lock (bit 0, readers ignore it) and, in bits 32..64, how many tuples whose home
-/// is this bucket had to be placed in the following ones; while it is 0, a lookup reads
-/// this one line and nothing else.
+/// One cache line of index: a control word and 7 entries. The control word counts, in bits
+/// 32..64, how many tuples whose home is this bucket had to be placed in the following ones
+/// (bits 0..32 are unused); while it is 0, a lookup reads this one line and nothing else.
 #[derive(Default)]
 #[repr(C, align(64))]
 struct Bucket {
@@ -497,7 +647,6 @@ struct Bucket {
     e: [AtomicU64; BUCKET_ENTRIES],
 }
 
-const LOCKED: u64 = 1;
 const OVERFLOW_ONE: u64 = 1 << 32;
 /// A tuple lives in its home bucket or one of the next `PROBE_BUCKETS - 1`.
 const PROBE_BUCKETS: usize = 4;
@@ -526,6 +675,7 @@ struct SharedStats {
     early_drops: AtomicU64,
     expired: AtomicU64,
     full_drops: AtomicU64,
+    insert_lost: AtomicU64,
 }
 
 /// The shared conntrack table. `Send + Sync`; share it with `Arc`.
@@ -561,35 +711,6 @@ const _: fn() = || {
     fn shared<T: Send + Sync>() {}
     shared::<Conntrack>();
 };
-
-/// Releases a bucket write lock on drop.
-struct BucketGuard<'a>(&'a AtomicU64);
-
-impl Drop for BucketGuard<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_and(!LOCKED, Ordering::Release);
-    }
-}
-
-/// Takes the insert lock (bit 0 of the bucket's control word; the overflow count beside it
-/// keeps changing under kills, so the lock is a bit operation, not a CAS of the word).
-fn lock(word: &AtomicU64) -> BucketGuard<'_> {
-    let mut spins = 0u32;
-    loop {
-        if word.load(Ordering::Relaxed) & LOCKED == 0
-            && word.fetch_or(LOCKED, Ordering::Acquire) & LOCKED == 0
-        {
-            return BucketGuard(word);
-        }
-        spins += 1;
-        if spins < 128 {
-            core::hint::spin_loop();
-        } else {
-            // The holder was preempted mid-insert (a few dozen instructions): give it the core.
-            std::thread::yield_now();
-        }
-    }
-}
 
 impl Conntrack {
     /// Preallocates the slots, the index and the free stack for `cfg.capacity` flows.
@@ -804,7 +925,7 @@ impl Conntrack {
         })
     }
 
-    /// With `reclaim` (inserts, under the bucket lock), also frees every expired flow that
+    /// With `reclaim` (an insert that could not stage), also frees every expired flow that
     /// holds `t`, so a tuple reused after expiry does not pile up dead index entries, and
     /// looks at the whole window so what it frees does not depend on entry order.
     #[inline]
@@ -881,8 +1002,8 @@ impl Conntrack {
         })
     }
 
-    /// Claims an empty entry for `value` in its home bucket or the next ones (the caller
-    /// holds the home's lock). Returns the entry and the bucket it is in.
+    /// Claims an empty entry for `value` in its home bucket or the next ones. Returns the
+    /// entry and the bucket it is in.
     fn publish(&self, h: u32, value: u64) -> Option<(usize, &AtomicU64)> {
         let home = self.bucket_of(h);
         let nb = self.buckets.len();
@@ -967,6 +1088,8 @@ impl Conntrack {
         true
     }
 
+    /// Returns a slot its caller owns (DEAD, ABORTED, or INIT and never published) to the
+    /// free stack.
     fn release(&self, slot: u32) {
         let s = &self.slots[slot as usize];
         let m = Meta(s.meta.load(Ordering::Relaxed));
@@ -1016,68 +1139,321 @@ impl Conntrack {
     }
 
     /// Inserts `flow`, stamped `now_s`, in state None (call [`Self::update`] with the first
-    /// packet's flags). If a live flow already has `flow.orig` as its original tuple (two
-    /// workers racing on one flow's first packets, the Kubernetes UDP DNS race), returns
-    /// that flow and inserts nothing, so both translate the same way. If `flow.orig` is
-    /// the *reply* tuple of a live flow, the packet raced its own flow's creation on another
-    /// worker: that flow is returned with `dir == Reply`, to be handled as a reply. If
-    /// `flow.reply` is a tuple of another live flow: `Err(Clash)`.
+    /// packet's flags). If a live flow already has `flow.orig` as its original tuple, or
+    /// another worker is inserting one at the same time (the Kubernetes UDP DNS race),
+    /// returns that flow and inserts nothing, so both translate the same way. If
+    /// `flow.orig` is the *reply* tuple of a live flow, the packet raced its own flow's
+    /// creation on another worker: that flow is returned with `dir == Reply`, to be handled
+    /// as a reply. If `flow.reply` is a tuple of another live flow: `Err(Clash)`. Lock-free:
+    /// see the module docs for the arbitration between concurrent inserts.
     pub fn insert(&self, flow: Flow, now_s: u32) -> Result<Hit, InsertError> {
-        let ho = flow.orig.hash();
-        let hr = flow.reply.hash();
-        let (bo, br) = (self.bucket_of(ho), self.bucket_of(hr));
-        // Lock order: lower bucket first.
-        let (first, second) = (bo.min(br), bo.max(br));
-        let _g1 = lock(&self.buckets[first].ctl);
-        let _g2 = (second != first).then(|| lock(&self.buckets[second].ctl));
+        let (ho, hr) = (flow.orig.hash(), flow.reply.hash());
+        match self.try_insert(&flow, ho, hr, now_s) {
+            Some(done) => done,
+            None => self.insert_again(&flow, ho, hr, now_s),
+        }
+    }
 
-        if let Some(hit) = self.scan(&flow.orig, ho, now_s, true) {
-            self.stats.insert_races.fetch_add(1, Ordering::Relaxed);
-            return Ok(hit);
+    /// An insert whose first try was aborted by an insert that withdrew in turn: tries
+    /// again until one settles (module docs: each retry follows another insert's
+    /// completion). Out of line, so that the first try's code is not a loop body.
+    #[cold]
+    #[inline(never)]
+    fn insert_again(&self, flow: &Flow, ho: u32, hr: u32, now: u32) -> Result<Hit, InsertError> {
+        loop {
+            if let Some(done) = self.try_insert(flow, ho, hr, now) {
+                return done;
+            }
         }
-        if flow.reply != flow.orig && self.scan(&flow.reply, hr, now_s, true).is_some() {
-            return Err(InsertError::Clash);
+    }
+
+    /// Stage, arbitrate, settle. None: aborted with no winner left.
+    #[inline(always)]
+    fn try_insert(
+        &self,
+        flow: &Flow,
+        ho: u32,
+        hr: u32,
+        now: u32,
+    ) -> Option<Result<Hit, InsertError>> {
+        let st = match self.stage(flow, ho, hr, now) {
+            Ok(st) => st,
+            Err(e) => return Some(self.unstaged(flow, ho, hr, now, e)),
+        };
+        let verdict = self.arbitrate(&st, flow, now);
+        self.settle(&st, flow, verdict, now)
+    }
+
+    /// No slot or no index room for `flow`: still the flow holding `orig` if there is one
+    /// (the race; arbitration would have found it), `Clash` if another holds `reply`, else
+    /// `err` (counted) unless looking freed expired flows and a second try succeeds.
+    #[cold]
+    #[inline(never)]
+    fn unstaged(
+        &self,
+        flow: &Flow,
+        ho: u32,
+        hr: u32,
+        now: u32,
+        err: InsertError,
+    ) -> Result<Hit, InsertError> {
+        let expired = self.stats.expired.load(Ordering::Relaxed);
+        let found = self.scan(&flow.orig, ho, now, true).or_else(|| {
+            (flow.reply != flow.orig)
+                .then(|| self.scan(&flow.reply, hr, now, true))
+                .flatten()
+        });
+        match found {
+            Some(hit) => {
+                let r = answer_hit(flow, hit);
+                if r.is_ok() {
+                    self.stats.insert_races.fetch_add(1, Ordering::Relaxed);
+                }
+                r
+            }
+            // The scans freed expired holders of our tuples that early drop's window did
+            // not reach: room for one more try.
+            None if self.stats.expired.load(Ordering::Relaxed) != expired
+                && let Ok(st) = self.stage(flow, ho, hr, now) =>
+            {
+                let verdict = self.arbitrate(&st, flow, now);
+                self.settle(&st, flow, verdict, now)
+                    .unwrap_or_else(|| self.insert_again(flow, ho, hr, now))
+            }
+            None => {
+                self.stats.full_drops.fetch_add(1, Ordering::Relaxed);
+                Err(err)
+            }
         }
-        let Some(slot) = self.pop_free().or_else(|| self.early_drop(ho, now_s)) else {
-            self.stats.full_drops.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Takes a slot (free, else early drop), writes `flow` into it and publishes both its
+    /// entries, then makes it PENDING and fences: ready to [`Self::arbitrate`].
+    fn stage(&self, flow: &Flow, ho: u32, hr: u32, now: u32) -> Result<Staged, InsertError> {
+        let Some(slot) = self.pop_free().or_else(|| self.early_drop(ho, now)) else {
             return Err(InsertError::Full);
         };
-        self.write_slot(slot, &flow, now_s);
+        self.write_slot(slot, flow, now);
         let eo = entry(ho, Dir::Original, slot);
-        let er = entry(hr, Dir::Reply, slot);
-        let Some((pb, po)) = self.publish_or_reclaim(ho, eo, now_s) else {
-            return self.insert_failed(slot);
+        let Some((pb, po)) = self.publish_or_reclaim(ho, eo, now) else {
+            return Err(self.insert_failed(slot));
         };
-        if flow.reply != flow.orig && self.publish_or_reclaim(hr, er, now_s).is_none() {
-            // Only we could have written `eo`, and nobody kills an INIT slot.
+        if flow.reply != flow.orig
+            && self
+                .publish_or_reclaim(hr, entry(hr, Dir::Reply, slot), now)
+                .is_none()
+        {
+            // Only we could have written `eo`, and nobody touches an INIT slot's entries.
             if po
                 .compare_exchange(eo, 0, Ordering::Relaxed, Ordering::Relaxed)
                 .is_ok()
             {
-                self.unpublished(bo, pb);
+                self.unpublished(self.bucket_of(ho), pb);
             }
-            return self.insert_failed(slot);
+            return Err(self.insert_failed(slot));
         }
-        // Counted before it can be killed, so `entries` never dips below zero.
-        self.stats.entries.fetch_add(1, Ordering::Relaxed);
         let s = &self.slots[slot as usize];
-        let live = Meta(s.meta.load(Ordering::Relaxed)).with_life(LIFE_LIVE);
-        s.meta.store(live.0, Ordering::Release);
-        self.stats.inserts.fetch_add(1, Ordering::Relaxed);
-        Ok(Hit {
+        let pending = Meta(s.meta.load(Ordering::Relaxed)).with_life(LIFE_PENDING);
+        s.meta.store(pending.0, Ordering::Relaxed);
+        // The store-buffering fence of the module docs: our entries and PENDING are visible
+        // to a rival's scan, or its entries and PENDING to ours.
+        fence(Ordering::SeqCst);
+        Ok(Staged {
             slot,
-            dir: Dir::Original,
-            flow,
-            state: TcpState::None,
-            replied: false,
-            meta: live.0,
+            meta: pending,
+            ho,
+            hr,
         })
     }
 
-    fn insert_failed(&self, slot: u32) -> Result<Hit, InsertError> {
+    fn insert_failed(&self, slot: u32) -> InsertError {
         self.release(slot);
-        self.stats.full_drops.fetch_add(1, Ordering::Relaxed);
-        Err(InsertError::Full)
+        InsertError::Full
+    }
+
+    /// Scans the windows of a staged insert's tuples for rivals and decides (module docs):
+    /// `Lose` to a LIVE rival or a lower PENDING one, else `Win` after aborting every higher
+    /// PENDING rival. Looks at `orig` first, so that a rival holding it is the one returned.
+    fn arbitrate(&self, st: &Staged, flow: &Flow, now: u32) -> Verdict {
+        let n = if flow.reply != flow.orig { 2 } else { 1 };
+        let tuples = [(&flow.orig, st.ho), (&flow.reply, st.hr)];
+        for &(t, h) in &tuples[..n] {
+            let lost = self.find_holder(t, h, st.slot, |slot, w, m| {
+                let rival = match m.life() {
+                    LIFE_LIVE => self.live_rival(slot, m, now),
+                    LIFE_PENDING if slot < st.slot => Some(m),
+                    LIFE_PENDING => self.abort(slot, m),
+                    _ => None,
+                };
+                rival.map(|m| answer(flow, slot, w, m))
+            });
+            if let Some(result) = lost {
+                return Verdict::Lose(result);
+            }
+        }
+        Verdict::Win
+    }
+
+    /// A LIVE rival read as `m`: itself, unless it has expired (then it is reclaimed, and is
+    /// no rival).
+    fn live_rival(&self, slot: u32, m: Meta, now: u32) -> Option<Meta> {
+        if !self.timeouts.expired(m, now) {
+            return Some(m);
+        }
+        let same = |c: Meta| c.reuse() == m.reuse() && self.timeouts.expired(c, now);
+        if self.kill_if(slot, same) {
+            self.release(slot);
+            self.stats.expired.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        // Not killed by us: killed by someone else (no rival), or refreshed meanwhile by an
+        // `update` through an older hit (a rival again).
+        let c = Meta(self.slots[slot as usize].meta.load(Ordering::Acquire));
+        (c.life() == LIFE_LIVE && c.reuse() == m.reuse() && !self.timeouts.expired(c, now))
+            .then_some(c)
+    }
+
+    /// Aborts the PENDING rival in `slot` whose `meta` was read as `m`. None if it is no
+    /// rival any more (aborted, by us or another); `Some(meta)` if it went LIVE first.
+    fn abort(&self, slot: u32, m: Meta) -> Option<Meta> {
+        let aborted = m.with_life(LIFE_ABORTED).bump_gen();
+        // Release: the rival's failed LIVE CAS reads this (Acquire) and then looks for us.
+        match self.slots[slot as usize].meta.compare_exchange(
+            m.0,
+            aborted.0,
+            Ordering::Release,
+            Ordering::Relaxed,
+        ) {
+            Ok(_) => None,
+            Err(cur) => {
+                let c = Meta(cur);
+                (c.life() == LIFE_LIVE && c.reuse() == m.reuse()).then_some(c)
+            }
+        }
+    }
+
+    /// Carries out a verdict: goes LIVE, or withdraws and returns the winner. None when the
+    /// insert was aborted and its winner withdrew too: the caller starts over.
+    fn settle(
+        &self,
+        st: &Staged,
+        flow: &Flow,
+        verdict: Verdict,
+        now: u32,
+    ) -> Option<Result<Hit, InsertError>> {
+        let s = &self.slots[st.slot as usize];
+        let result = match verdict {
+            Verdict::Win => {
+                // Counted before it can be killed, so `entries` never dips below zero.
+                self.stats.entries.fetch_add(1, Ordering::Relaxed);
+                let live = st.meta.with_life(LIFE_LIVE);
+                if s.meta
+                    .compare_exchange(st.meta.0, live.0, Ordering::Release, Ordering::Acquire)
+                    .is_ok()
+                {
+                    self.stats.inserts.fetch_add(1, Ordering::Relaxed);
+                    return Some(Ok(Hit {
+                        slot: st.slot,
+                        dir: Dir::Original,
+                        flow: *flow,
+                        state: TcpState::None,
+                        replied: false,
+                        meta: live.0,
+                    }));
+                }
+                // A lower rival aborted us after our scan: it is PENDING or LIVE now, or
+                // lost in turn.
+                self.stats.entries.fetch_sub(1, Ordering::Relaxed);
+                self.withdraw(st, flow);
+                self.winner(flow, st, now)?
+            }
+            Verdict::Lose(result) => {
+                // Unless a lower rival did already (and bumped the generation): rivals
+                // scanning from now on ignore us instead of yielding to a flow that goes away.
+                let _ = s.meta.compare_exchange(
+                    st.meta.0,
+                    st.meta.with_life(LIFE_ABORTED).bump_gen().0,
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                );
+                self.withdraw(st, flow);
+                result
+            }
+        };
+        if result.is_ok() {
+            self.stats.insert_races.fetch_add(1, Ordering::Relaxed);
+        }
+        Some(result)
+    }
+
+    /// Clears an ABORTED insert's entries and frees its slot.
+    fn withdraw(&self, st: &Staged, flow: &Flow) {
+        self.unpublish(st.ho, entry(st.ho, Dir::Original, st.slot));
+        if flow.reply != flow.orig {
+            self.unpublish(st.hr, entry(st.hr, Dir::Reply, st.slot));
+        }
+        self.release(st.slot);
+        self.stats.insert_lost.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// After being aborted: the PENDING or LIVE flow holding `orig` (`Ok`) or `reply`
+    /// (`Clash`), if any: the insert that aborted us, unless it withdrew in turn.
+    fn winner(&self, flow: &Flow, st: &Staged, now: u32) -> Option<Result<Hit, InsertError>> {
+        let n = if flow.reply != flow.orig { 2 } else { 1 };
+        let tuples = [(&flow.orig, st.ho), (&flow.reply, st.hr)];
+        tuples[..n].iter().find_map(|&(t, h)| {
+            self.find_holder(t, h, NIL, |slot, w, m| {
+                let standing = m.life() == LIFE_PENDING
+                    || (m.life() == LIFE_LIVE && !self.timeouts.expired(m, now));
+                standing.then(|| answer(flow, slot, w, m))
+            })
+        })
+    }
+
+    /// The first `Some` that `f` returns for the slots other than `skip` named by entries
+    /// in the window of tuple `t` (hash `h`) that hold `t` in the entry's direction, each
+    /// read consistently (words and `meta`), whatever its life. A slot that a writer keeps
+    /// busy is passed over: it is being rewritten, so the flow it held is gone. Plain loops
+    /// rather than [`Self::window`]'s iterator: this runs twice per insert.
+    #[inline]
+    fn find_holder<R>(
+        &self,
+        t: &Tuple,
+        h: u32,
+        skip: u32,
+        mut f: impl FnMut(u32, &[u64; 6], Meta) -> Option<R>,
+    ) -> Option<R> {
+        let sig = u64::from(h) << 32;
+        let key = t.words();
+        let home = self.bucket_of(h);
+        let nb = self.buckets.len();
+        let n = if self.buckets[home].ctl.load(Ordering::Acquire) >= OVERFLOW_ONE {
+            PROBE_BUCKETS.min(nb)
+        } else {
+            1
+        };
+        for k in 0..n {
+            for e in &self.buckets[(home + k) % nb].e {
+                let v = e.load(Ordering::Acquire);
+                if v & !(DIR_BIT | SLOT_MASK) != sig || v == 0 {
+                    continue;
+                }
+                let slot = ((v & SLOT_MASK) - 1) as u32;
+                if slot == skip {
+                    continue;
+                }
+                let Some((w, m)) = self.read_words(slot) else {
+                    continue;
+                };
+                let at = if v & DIR_BIT != 0 { 2 } else { 0 };
+                if (w[at], w[at + 1]) == key
+                    && let Some(r) = f(slot, &w, m)
+                {
+                    return Some(r);
+                }
+            }
+        }
+        None
     }
 
     /// Per packet of a tracked flow: refreshes the timestamp, advances the TCP state on
@@ -1086,16 +1462,71 @@ impl Conntrack {
     /// holds `hit.flow` (removed or expired and reused meanwhile).
     #[inline]
     pub fn update(&self, hit: &Hit, dir: Dir, tcp_flags: u8, bytes: u32, now_s: u32) {
-        let Some(slot) = self.slots.get(hit.slot as usize) else {
-            return;
+        self.advance(hit.flow_ref(), dir, tcp_flags, bytes, now_s, false);
+    }
+
+    /// [`Self::update`] for a flow found by an earlier lookup and remembered as `r` (the
+    /// per-worker flow cache, `pipeline::flow_cache`), standing in for this packet's lookup:
+    /// false, and nothing changed, unless the slot still holds that flow, live and
+    /// unexpired at `now_s` — exactly when the lookup would have found it.
+    #[inline]
+    pub fn refresh(&self, r: FlowRef, dir: Dir, tcp_flags: u8, bytes: u32, now_s: u32) -> bool {
+        self.advance(r, dir, tcp_flags, bytes, now_s, true)
+    }
+
+    // Always inlined: the flow cache's hit is mostly this, and its steady case is short.
+    #[inline(always)]
+    fn advance(
+        &self,
+        r: FlowRef,
+        dir: Dir,
+        tcp_flags: u8,
+        bytes: u32,
+        now_s: u32,
+        unexpired: bool,
+    ) -> bool {
+        let Some(slot) = self.slots.get(r.slot as usize) else {
+            return false;
         };
         // Every kill bumps the reuse generation, so a slot that is LIVE in the generation
-        // `hit` saw still holds `hit.flow`: no second seqlock read of the flow.
-        let reuse = Meta(hit.meta).reuse();
-        let mut m = Meta(slot.meta.load(Ordering::Relaxed));
-        if m.life() != LIFE_LIVE || m.reuse() != reuse {
-            return;
+        // the lookup saw still holds its flow: no second seqlock read of the flow.
+        let m = Meta(slot.meta.load(Ordering::Relaxed));
+        if m.life() != LIFE_LIVE || m.reuse() != r.reuse {
+            return false;
         }
+        // A refresh stands in for a lookup: the slot still holds the tuple, unexpired. A LIVE
+        // slot's words change only after a kill, so no seqlock read is needed here.
+        if unexpired {
+            let at = 2 * dir.idx();
+            let w = (
+                slot.w[at].load(Ordering::Relaxed),
+                slot.w[at + 1].load(Ordering::Relaxed),
+            );
+            if w != r.key || self.timeouts.expired(m, now_s) {
+                return false;
+            }
+        }
+        if !m.steady(dir, tcp_flags, now_s) && !self.step(slot, r.reuse, m, dir, tcp_flags, now_s) {
+            return false;
+        }
+        let c = &self.counters[r.slot as usize];
+        c.packets[dir.idx()].fetch_add(1, Ordering::Relaxed);
+        c.bytes[dir.idx()].fetch_add(u64::from(bytes), Ordering::Relaxed);
+        true
+    }
+
+    /// [`Self::advance`]'s `meta` change (timestamp, TCP state, replied), by CAS from `m`;
+    /// false if the flow was killed meanwhile. Out of line: a flow's steady packets skip it.
+    #[inline(never)]
+    fn step(
+        &self,
+        slot: &Slot,
+        reuse: u64,
+        mut m: Meta,
+        dir: Dir,
+        tcp_flags: u8,
+        now_s: u32,
+    ) -> bool {
         loop {
             let (state, fins) = if m.class() == CLASS_TCP {
                 tcp::next(m.state(), m.fins(), dir, tcp_flags)
@@ -1105,24 +1536,21 @@ impl Conntrack {
             let replied = m.replied() || dir == Dir::Reply;
             let next = m.with(m.ts().max(now_s), state, fins, replied);
             if next == m {
-                break;
+                return true;
             }
             match slot
                 .meta
                 .compare_exchange_weak(m.0, next.0, Ordering::Relaxed, Ordering::Relaxed)
             {
-                Ok(_) => break,
+                Ok(_) => return true,
                 Err(cur) => {
                     m = Meta(cur);
                     if m.life() != LIFE_LIVE || m.reuse() != reuse {
-                        return;
+                        return false;
                     }
                 }
             }
         }
-        let c = &self.counters[hit.slot as usize];
-        c.packets[dir.idx()].fetch_add(1, Ordering::Relaxed);
-        c.bytes[dir.idx()].fetch_add(u64::from(bytes), Ordering::Relaxed);
     }
 
     /// Removes the flow in `slot` (e.g. from `hit.slot`). False if it was not live.
@@ -1183,6 +1611,7 @@ impl Conntrack {
             early_drops: s.early_drops.load(Ordering::Relaxed),
             expired: s.expired.load(Ordering::Relaxed),
             full_drops: s.full_drops.load(Ordering::Relaxed),
+            insert_lost: s.insert_lost.load(Ordering::Relaxed),
             capacity: u64::from(self.capacity),
         }
     }

@@ -4,8 +4,10 @@
 //! The segment is one file (normally on tmpfs, `/dev/shm/afgate/conntrack`): a 4 KiB header
 //! then the table's arrays, exactly as [`Conntrack::new`] lays them out on the heap. Every
 //! field of the table is an atomic, so two processes may map it at once: the table's own
-//! lock-free protocol (seqlocks, CASed `meta` words, bucket insert bits) works across
-//! processes as it does across threads. A takeover therefore needs no copy; the new process
+//! lock-free protocol (seqlocks, CASed `meta` words, CASed index entries) works across
+//! processes as it does across threads; it takes no locks, so a process that dies holds
+//! none, but it may leave a half-done insert or kill behind (see
+//! [`Conntrack::recover_abandoned`]). A takeover therefore needs no copy; the new process
 //! maps the segment while the old one still forwards.
 //!
 //! A segment is adopted only if its header matches what this build and configuration would
@@ -20,8 +22,8 @@
 //! segment measures its dataplane clock from that instant, so their seconds agree.
 
 use super::{
-    Bucket, CachePadded, Config, Conntrack, LOCKED, NIL, SharedStats, Slot, SlotCounters,
-    TimeoutTable,
+    Bucket, CachePadded, Config, Conntrack, DIR_BIT, LIFE_FREE, LIFE_LIVE, Meta, NIL, OVERFLOW_ONE,
+    SLOT_MASK, SharedStats, Slot, SlotCounters, TimeoutTable, Tuple,
 };
 use crate::mem::{Mapping, Place, Region};
 use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -33,7 +35,9 @@ use std::time::{Duration, Instant};
 
 const MAGIC: u64 = u64::from_le_bytes(*b"AFGCTSHM");
 /// Bump when the meaning of any array element or header field changes.
-const LAYOUT_VERSION: u64 = 1;
+/// 2: lock-free inserts: `meta` has 3 life bits (PENDING, ABORTED), a 20-bit reuse
+/// generation; the bucket control word has no insert lock; `SharedStats.insert_lost`.
+const LAYOUT_VERSION: u64 = 2;
 const HEADER_LEN: usize = 4096;
 
 /// Header fields, one little-endian u64 each, in this order. The names are what a mismatch
@@ -376,16 +380,78 @@ impl Conntrack {
         self.slots.is_mapped()
     }
 
-    /// Clears insert locks a process killed mid-insert may have left in the segment. Only
-    /// when no other process uses the segment (a start after a crash, not a takeover).
-    pub fn clear_stale_locks(&self) -> u32 {
-        let mut n = 0;
+    /// Makes the table whole after the process that used it died, perhaps in the middle of
+    /// an insert or a kill: a slot left INIT, PENDING, ABORTED or DEAD (or popped while
+    /// FREE) belongs to nobody now. Keeps the LIVE flows; frees every other slot (a new
+    /// free stack), clears the index entries that do not name a LIVE slot holding their
+    /// tuple, recounts the overflow counts and `entries`. Only when no other process uses
+    /// the segment (a start after a crash, not a takeover). Returns how many slots were
+    /// abandoned mid-insert or mid-kill.
+    pub fn recover_abandoned(&self) -> u32 {
+        let mut abandoned = 0;
+        let mut live = 0u64;
+        let mut head = NIL;
+        for slot in (0..self.capacity).rev() {
+            let s = &self.slots[slot as usize];
+            let m = Meta(s.meta.load(Ordering::Relaxed));
+            if m.life() == LIFE_LIVE {
+                live += 1;
+                continue;
+            }
+            if m.life() != LIFE_FREE {
+                abandoned += 1;
+            }
+            // A death inside `write_slot` leaves `seq` odd; readers would skip the slot forever.
+            let seq = s.seq.load(Ordering::Relaxed);
+            s.seq.store(seq.wrapping_add(seq & 1), Ordering::Relaxed);
+            s.meta
+                .store(m.with_life(LIFE_FREE).bump_gen().0, Ordering::Relaxed);
+            self.free_next[slot as usize].store(head, Ordering::Relaxed);
+            head = slot;
+        }
+        let tag = (self.free_head.load(Ordering::Relaxed) >> 32).wrapping_add(1);
+        self.free_head
+            .store((tag << 32) | u64::from(head), Ordering::Release);
         for b in self.buckets.iter() {
-            if b.ctl.fetch_and(!LOCKED, Ordering::AcqRel) & LOCKED != 0 {
-                n += 1;
+            for e in &b.e {
+                let v = e.load(Ordering::Relaxed);
+                if v != 0 && !self.names_live_holder(v) {
+                    e.store(0, Ordering::Relaxed);
+                }
             }
         }
-        n
+        let mut overflow = vec![0u64; self.buckets.len()];
+        for (bi, b) in self.buckets.iter().enumerate() {
+            for e in &b.e {
+                let v = e.load(Ordering::Relaxed);
+                let home = self.bucket_of((v >> 32) as u32);
+                if v != 0 && home != bi {
+                    overflow[home] += OVERFLOW_ONE;
+                }
+            }
+        }
+        for (b, n) in self.buckets.iter().zip(overflow) {
+            b.ctl.store(n, Ordering::Relaxed);
+        }
+        self.stats.entries.store(live, Ordering::Release);
+        abandoned
+    }
+
+    /// Whether index entry `v` names a LIVE slot whose tuple in the entry's direction has
+    /// the entry's hash.
+    fn names_live_holder(&self, v: u64) -> bool {
+        let Some(slot) = (v & SLOT_MASK).checked_sub(1) else {
+            return false;
+        };
+        let Some((w, m)) = self
+            .slots
+            .get(slot as usize)
+            .and(self.read_words(slot as u32))
+        else {
+            return false;
+        };
+        let at = if v & DIR_BIT != 0 { 2 } else { 0 };
+        m.life() == LIFE_LIVE && Tuple::from_words(w[at], w[at + 1]).hash() == (v >> 32) as u32
     }
 }
 
@@ -535,13 +601,87 @@ mod tests {
         let _ = std::fs::remove_file(&p);
     }
 
+    /// A process that died mid-insert (INIT, PENDING and ABORTED slots with their entries)
+    /// and mid-kill (a DEAD slot) leaves slots nobody owns: the next process alone frees
+    /// them and cleans the index.
     #[test]
-    fn stale_insert_locks_are_cleared() {
-        let p = tmp_path("locks");
+    fn abandoned_inserts_and_kills_are_recovered() {
+        use super::super::{Dir, LIFE_ABORTED, LIFE_DEAD, LIFE_PENDING, entry};
+        let p = tmp_path("abandoned");
         let (a, _, _) = Conntrack::open_shared(cfg(64), &p).unwrap();
-        a.buckets[3].ctl.fetch_or(LOCKED, Ordering::Relaxed);
-        assert_eq!(a.clear_stale_locks(), 1);
-        assert_eq!(a.clear_stale_locks(), 0);
+        for i in 0..10 {
+            a.insert(flow(i), 1).unwrap();
+        }
+        // Staged and never settled: PENDING, and one aborted by a rival.
+        let pending = a
+            .stage(&flow(20), flow(20).orig.hash(), flow(20).reply.hash(), 1)
+            .unwrap();
+        let aborted = a
+            .stage(&flow(21), flow(21).orig.hash(), flow(21).reply.hash(), 1)
+            .unwrap();
+        assert!(a.abort(aborted.slot, aborted.meta).is_none());
+        // Written, one entry published, then death: INIT.
+        let init = a.pop_free().unwrap();
+        a.write_slot(init, &flow(22), 1);
+        let h = flow(22).orig.hash();
+        a.publish(h, entry(h, Dir::Original, init)).unwrap();
+        // Popped and never written: FREE but out of the stack.
+        let leaked = a.pop_free().unwrap();
+        // Killed (LIVE → DEAD) but its entries never cleared.
+        let dead = a.lookup(&flow(3).orig, 1).unwrap().slot;
+        let s = &a.slots[dead as usize];
+        let m = Meta(s.meta.load(Ordering::Relaxed));
+        s.meta
+            .store(m.with_life(LIFE_DEAD).bump_gen().0, Ordering::Relaxed);
+        for (slot, life) in [
+            (pending.slot, LIFE_PENDING),
+            (aborted.slot, LIFE_ABORTED),
+            (dead, LIFE_DEAD),
+        ] {
+            assert_eq!(
+                Meta(a.slots[slot as usize].meta.load(Ordering::Relaxed)).life(),
+                life
+            );
+        }
+        drop(a);
+        let (b, _, opened) = Conntrack::open_shared(cfg(64), &p).unwrap();
+        assert!(matches!(opened, Opened::Adopted), "{opened:?}");
+        assert_eq!(b.recover_abandoned(), 4);
+        assert_eq!(b.count(), 9);
+        for i in 0..10 {
+            assert_eq!(b.lookup(&flow(i).reply, 1).is_some(), i != 3, "flow {i}");
+        }
+        // Only the 9 live flows' 18 entries are left, and the overflow counts agree.
+        let entries: usize = b
+            .buckets
+            .iter()
+            .map(|k| {
+                k.e.iter()
+                    .filter(|e| e.load(Ordering::Relaxed) != 0)
+                    .count()
+            })
+            .sum();
+        assert_eq!(entries, 18);
+        assert!(
+            b.buckets
+                .iter()
+                .all(|k| k.ctl.load(Ordering::Relaxed) >> 32 <= 18)
+        );
+        let mut free = Vec::new();
+        while let Some(s) = b.pop_free() {
+            free.push(s);
+        }
+        assert_eq!(free.len(), 55);
+        assert!(free.contains(&leaked) && free.contains(&init) && free.contains(&dead));
+        for s in free {
+            b.push_free(s);
+        }
+        // The recovered slots are usable, the abandoned flows insertable again.
+        for i in 20..23 {
+            assert!(b.insert(flow(i), 2).unwrap().slot < 64);
+        }
+        assert_eq!(b.recover_abandoned(), 0);
+        assert_eq!(b.count(), 12);
         let _ = std::fs::remove_file(&p);
     }
 
