@@ -93,6 +93,9 @@ pub struct Stamp {
 
 pub struct NextHopCache {
     slots: Box<[Slot]>,
+    /// The VXLAN encapsulation and decapsulation entries, under the same validity rules
+    /// (`pipeline::vxlan::Cache`).
+    pub vxlan: super::vxlan::Cache,
 }
 
 impl core::fmt::Debug for NextHopCache {
@@ -105,6 +108,7 @@ impl Default for NextHopCache {
     fn default() -> Self {
         NextHopCache {
             slots: (0..SLOTS).map(|_| Slot::default()).collect(),
+            vxlan: super::vxlan::Cache::default(),
         }
     }
 }
@@ -123,6 +127,12 @@ impl Stamp {
             generation: ctx.tables.generation,
             neigh_generation: ctx.shared.neigh.generation(),
         }
+    }
+
+    /// (snapshot address, tables generation, neighbour generation), for the VXLAN entries.
+    #[inline]
+    pub(super) fn parts(self) -> (usize, u64, u64) {
+        (self.snapshot, self.generation, self.neigh_generation)
     }
 }
 
@@ -234,6 +244,7 @@ impl NextHopCache {
         for s in self.slots.iter() {
             s.dst.set(0);
         }
+        self.vxlan.clear();
     }
 }
 

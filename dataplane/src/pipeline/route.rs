@@ -41,13 +41,11 @@ pub fn forward(frame: &mut Frame, meta: &RxMeta, ctx: &Ctx) -> Action {
     forward_uncached(frame, meta, ctx)
 }
 
-/// A cached route into an overlay: encapsulation (which has the VTEP's route cached too).
+/// A cached route into an overlay: encapsulation (from the worker's VTEP entry when it has
+/// one, `vxlan::encap_cached`).
 #[inline(never)]
 fn encap_cached(frame: &mut Frame, meta: &RxMeta, ctx: &Ctx, e: &Egress, index: u16) -> Action {
-    let Some(dev) = ctx.tables.ports.get(e.port) else {
-        return Action::Drop(DropReason::PortDown);
-    };
-    super::vxlan::encap(frame, meta, ctx, index, dev, e.neighbour)
+    super::vxlan::encap_cached(frame, meta, ctx, e, index)
 }
 
 /// [`forward`] through the FIB, port table and neighbour cache, filling the next-hop cache
