@@ -155,7 +155,8 @@ impl BenchLab {
     }
 
     /// afgate's configuration for the DUT: ports d0 and d1, the sink as a static neighbour.
-    pub fn afgate_config(&self, poll: &str, core: usize) -> Result<PathBuf> {
+    /// `poll`: the `workers.poll` value, possibly followed by more `workers` keys.
+    pub fn afgate_config(&self, name: &str, poll: &str, core: usize) -> Result<PathBuf> {
         let y = format!(
             "# afgate-bench l3fwd DUT\n\
              workers:\n  cores: [{core}]\n  poll: {poll}\n\
@@ -165,7 +166,7 @@ impl BenchLab {
              neighbors:\n\
              \x20 - {{ ip: {SINK_IP}, mac: \"{SINK_MAC}\", dev: d1 }}\n"
         );
-        let path = self.lab.tmp().join(format!("afgate-{poll}.yaml"));
+        let path = self.lab.tmp().join(format!("afgate-{name}.yaml"));
         std::fs::write(&path, y)?;
         Ok(path)
     }

@@ -22,6 +22,12 @@ pub struct QueueSnap {
     pub tx_packets: u64,
     pub tx_bytes: u64,
     pub tx_drops: u64,
+    /// The kernel's count of frames it could not put on this queue's socket because the
+    /// fill ring was empty or the rx ring full (`XDP_STATISTICS`, copied by the worker).
+    #[serde(default)]
+    pub xsk_fill_empty: u64,
+    #[serde(default)]
+    pub xsk_rx_ring_full: u64,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -132,6 +138,8 @@ pub fn snapshot(ctl: &Control) -> Snapshot {
                 tx_packets: c.tx_packets.get(),
                 tx_bytes: c.tx_bytes.get(),
                 tx_drops: c.drops.get(),
+                xsk_fill_empty: c.xsk_fill_empty.get(),
+                xsk_rx_ring_full: c.xsk_rx_ring_full.get(),
             };
             ps.rx_packets += qs.rx_packets;
             ps.rx_bytes += qs.rx_bytes;
@@ -245,7 +253,7 @@ pub fn render(ctl: &Control) -> String {
     let s = snapshot(ctl);
     let mut o = String::with_capacity(16 * 1024);
     type Field = fn(&QueueSnap) -> u64;
-    let port_fields: [(&str, &str, Field); 5] = [
+    let port_fields: [(&str, &str, Field); 7] = [
         (
             "afgate_port_rx_packets_total",
             "Frames received, per port and queue.",
@@ -270,6 +278,16 @@ pub fn render(ctl: &Control) -> String {
             "afgate_port_tx_drops_total",
             "Frames the tx ring did not take, per port and queue.",
             |q| q.tx_drops,
+        ),
+        (
+            "afgate_port_xsk_fill_empty_total",
+            "Frames the kernel dropped because the worker's fill ring was empty, per port and queue.",
+            |q| q.xsk_fill_empty,
+        ),
+        (
+            "afgate_port_xsk_rx_ring_full_total",
+            "Frames the kernel dropped because the worker's rx ring was full, per port and queue.",
+            |q| q.xsk_rx_ring_full,
         ),
     ];
     for (name, help, f) in port_fields {

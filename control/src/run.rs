@@ -81,6 +81,7 @@ pub fn runtime_config(cfg: &Config) -> RuntimeConfig {
                 poll: w.poll.into(),
                 batch: w.batch,
                 idle_spins: w.idle_spins,
+                rt_priority: w.rt_priority,
             })
             .collect(),
         layout: UmemLayout {

@@ -7,7 +7,7 @@ use afgate_dataplane::counters::WorkerCounters;
 use afgate_dataplane::observe::{CaptureCtl, WorkerObs};
 use afgate_dataplane::tables::PortId;
 use afgate_dataplane::tables::{Shared, Tables};
-use afgate_dataplane::worker::{InjectError, Injector, Worker, WorkerConfig};
+use afgate_dataplane::worker::{InjectError, Injector, Worker, WorkerConfig, set_realtime};
 use afgate_dataplane::xsk::socket::RingSizes;
 use afgate_dataplane::xsk::{BindMode, Umem, UmemLayout, Xsk};
 use arc_swap::ArcSwap;
@@ -74,6 +74,11 @@ pub enum RuntimeError {
     },
     #[error("no workers configured")]
     NoWorkers,
+    #[error("workers.rt_priority: worker {worker} could not get SCHED_FIFO: {source}")]
+    Realtime {
+        worker: usize,
+        source: std::io::Error,
+    },
 }
 
 pub struct Runtime {
@@ -297,6 +302,9 @@ impl Prepared {
             let mut sockets = Vec::with_capacity(cfg.ports.len());
             for (i, p) in cfg.ports.iter().enumerate() {
                 let xsk = bind_retrying(&umem, &p.device, w as u32, &cfg).map_err(xerr)?;
+                // A full tx ring's worth per sendto(2) where the kernel allows it (6.17+);
+                // older kernels keep their 32 and the worker kicks again.
+                let _ = xsk.set_tx_budget(cfg.rings.tx);
                 attached[i].sockets.push((w, w as u32, xsk.is_zerocopy()));
                 sockets.push(Some(xsk));
             }
@@ -331,16 +339,40 @@ impl Prepared {
             injectors.push(worker.injector());
             workers.push(worker);
         }
+        // Each thread reports whether it got its scheduling class before it forwards
+        // anything; a refusal stops them all (dropping `rt` below) instead of running
+        // differently from what was configured.
+        let (sched_tx, sched_rx) = std::sync::mpsc::channel();
         let threads = workers
             .into_iter()
             .enumerate()
             .map(|(w, worker)| {
+                let prio = cfg.workers[w].rt_priority;
+                let report = sched_tx.clone();
                 std::thread::Builder::new()
                     .name(format!("afgate-w{w}"))
-                    .spawn(move || worker.run())
+                    .spawn(move || {
+                        let got = prio.map_or(Ok(()), set_realtime);
+                        let ok = got.is_ok();
+                        let _ = report.send((w, got));
+                        drop(report);
+                        if ok {
+                            worker.run();
+                        }
+                    })
                     .expect("spawning a worker thread")
             })
-            .collect();
+            .collect::<Vec<_>>();
+        drop(sched_tx);
+        let mut refused = None;
+        for (w, got) in sched_rx.iter() {
+            if let Err(e) = got {
+                refused.get_or_insert(RuntimeError::Realtime {
+                    worker: w,
+                    source: e,
+                });
+            }
+        }
         let forwarding_since = Instant::now();
         let mut rt = Runtime {
             forwarding_since,
@@ -357,6 +389,9 @@ impl Prepared {
             injectors,
             held_drops: None,
         };
+        if let Some(e) = refused {
+            return Err(e);
+        }
         if cfg.takeover {
             // The sockets already receive through the predecessor's XSKMAPs; ours hold the
             // same sockets, so swapping the programs now moves no frame to the kernel. An

@@ -13,6 +13,11 @@ pub struct PortStats {
     pub tx_packets: u64,
     pub tx_bytes: u64,
     pub tx_drops: u64,
+    /// The kernel's AF_XDP socket statistics summed over workers: frames it dropped
+    /// because a worker's rx ring was full or its fill ring empty.
+    pub xsk_rx_ring_full: u64,
+    pub xsk_fill_empty: u64,
+    pub xsk_rx_dropped: u64,
 }
 
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]
@@ -68,6 +73,9 @@ pub fn collect(workers: &[Arc<WorkerCounters>], tables: &Tables) -> Stats {
                 ps.tx_packets += c.tx_packets.get();
                 ps.tx_bytes += c.tx_bytes.get();
                 ps.tx_drops += c.drops.get();
+                ps.xsk_rx_ring_full += c.xsk_rx_ring_full.get();
+                ps.xsk_fill_empty += c.xsk_fill_empty.get();
+                ps.xsk_rx_dropped += c.xsk_rx_dropped.get();
             }
         }
         s.ports.insert(p.name.clone(), ps);

@@ -23,6 +23,11 @@ impl Counter {
     pub fn get(&self) -> u64 {
         self.0.load(Relaxed)
     }
+    /// For figures copied from elsewhere (the kernel's socket statistics).
+    #[inline]
+    pub fn set(&self, v: u64) {
+        self.0.store(v, Relaxed);
+    }
 }
 
 macro_rules! named_enum {
@@ -174,6 +179,12 @@ pub struct PortCounters {
     pub tx_packets: Counter,
     pub tx_bytes: Counter,
     pub drops: Counter,
+    /// The kernel's view of this worker's socket (`XDP_STATISTICS`), copied now and then:
+    /// frames the kernel could not deliver because the rx ring was full or the fill ring
+    /// empty (the worker fell behind), and all its rx drops.
+    pub xsk_rx_ring_full: Counter,
+    pub xsk_fill_empty: Counter,
+    pub xsk_rx_dropped: Counter,
 }
 
 /// Everything one worker counts. Cache-line aligned so that two workers' counters never

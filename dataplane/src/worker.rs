@@ -48,6 +48,9 @@ pub struct WorkerConfig {
     pub batch: usize,
     /// Empty passes before an adaptive worker sleeps.
     pub idle_spins: u32,
+    /// SCHED_FIFO priority for the worker's thread (`None`: the normal scheduler). Applied
+    /// by whoever spawns the thread, with [`set_realtime`].
+    pub rt_priority: Option<u8>,
 }
 
 impl Default for WorkerConfig {
@@ -58,9 +61,13 @@ impl Default for WorkerConfig {
             poll: PollMode::Adaptive,
             batch: 64,
             idle_spins: 256,
+            rt_priority: None,
         }
     }
 }
+
+/// Passes between copies of the sockets' kernel statistics (a syscall each).
+const KERNEL_STATS_EVERY: u32 = 1 << 14;
 
 /// The longest a sleeping worker waits before looking at its stop flag again.
 const MAX_SLEEP_MS: i32 = 50;
@@ -237,9 +244,14 @@ impl Worker {
             core_affinity::set_for_current(core_affinity::CoreId { id: core });
         }
         let mut idle: u32 = 0;
+        let mut passes: u32 = 0;
         while !self.stop.load(Ordering::Relaxed) {
             let moved = self.pass();
             self.counters.polls.inc();
+            passes = passes.wrapping_add(1);
+            if passes.is_multiple_of(KERNEL_STATS_EVERY) {
+                self.copy_kernel_stats();
+            }
             if moved > 0 {
                 self.counters.busy_polls.inc();
                 idle = 0;
@@ -251,6 +263,19 @@ impl Worker {
                 PollMode::Wakeup => self.sleep(),
                 PollMode::Adaptive if idle >= self.config.idle_spins => self.sleep(),
                 PollMode::Adaptive => core::hint::spin_loop(),
+            }
+        }
+        self.copy_kernel_stats();
+    }
+
+    /// Copies each socket's kernel-side drop counters into the port counters (one
+    /// getsockopt per socket: done every [`KERNEL_STATS_EVERY`] passes and at exit).
+    fn copy_kernel_stats(&self) {
+        for (io, pc) in self.ports.iter().zip(self.counters.ports.iter()) {
+            if let Some(st) = io.as_ref().and_then(|io| io.xsk.kernel_stats()) {
+                pc.xsk_rx_ring_full.set(st.rx_ring_full());
+                pc.xsk_fill_empty.set(st.rx_fill_ring_empty_descs());
+                pc.xsk_rx_dropped.set(st.rx_dropped());
             }
         }
     }
@@ -633,6 +658,30 @@ impl Worker {
     /// The descriptor of this worker's socket on port `p`, for XSKMAP registration.
     pub fn socket_fd(&self, p: usize) -> Option<std::os::fd::RawFd> {
         self.ports.get(p)?.as_ref().map(|io| io.xsk.fd())
+    }
+}
+
+/// Puts the calling thread under SCHED_FIFO at `priority` (1-99).
+///
+/// Why a worker wants it: on veth (copy mode) the kernel copies frames into the worker's
+/// rx ring from the device's NAPI thread or softirq on the *same* core. At equal priority
+/// the scheduler lets that NAPI run for a whole time slice — it fills the rx ring, empties
+/// the fill ring and then spends the rest of its slice dropping frames it already paid to
+/// receive — before the worker drains anything. Above it, the worker is run the moment a
+/// NAPI poll wakes it, so the two take turns a batch at a time; for that the worker must
+/// sleep whenever it is idle (`PollMode::Wakeup`), or it would starve the NAPI it waits
+/// for (configuration rejects `busy` with a priority).
+#[allow(unsafe_code)]
+pub fn set_realtime(priority: u8) -> std::io::Result<()> {
+    let param = libc::sched_param {
+        sched_priority: i32::from(priority),
+    };
+    // SAFETY: pid 0 is the calling thread; param is a valid sched_param on our stack.
+    let rc = unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
     }
 }
 

@@ -296,3 +296,66 @@ fn two_workers_each_serve_a_queue_of_every_port() -> Result<()> {
     );
     Ok(())
 }
+
+/// The scheduling policy and real-time priority of afgate's thread named `name`
+/// (/proc/PID/task/TID/stat fields 41 and 40).
+fn thread_sched(pid: u32, name: &str) -> Result<(u32, u32)> {
+    for t in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        let dir = t?.path();
+        if std::fs::read_to_string(dir.join("comm"))?.trim_end() != name {
+            continue;
+        }
+        let stat = std::fs::read_to_string(dir.join("stat"))?;
+        // Fields after the parenthesised command name, which may itself contain spaces.
+        let rest = stat.rsplit_once(')').context("stat format")?.1;
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        // rest starts at field 3 (state), so field n is f[n - 3].
+        return Ok((f[41 - 3].parse()?, f[40 - 3].parse()?));
+    }
+    anyhow::bail!("no thread {name} in process {pid}")
+}
+
+#[test]
+fn real_time_worker_forwards_and_runs_under_sched_fifo() -> Result<()> {
+    let lab = afgate_tests::lab::Lab::node_lab()?;
+    let yaml =
+        lab.afgate_config_yaml()
+            .replacen("poll: adaptive", "poll: wakeup\n  rt_priority: 5", 1);
+    assert!(yaml.contains("rt_priority: 5"), "{yaml}");
+    let cfg = lab.lab.tmp().join("afgate-rt.yaml");
+    std::fs::write(&cfg, yaml)?;
+    let mut afgate = Afgate::start(&lab.node, &cfg)?;
+    // SCHED_FIFO is policy 1; the control thread stays under the normal scheduler (0).
+    assert_eq!(thread_sched(afgate.pid(), "afgate-w0")?, (1, 5));
+    assert_eq!(thread_sched(afgate.pid(), "afgate")?.0, 0);
+
+    let p = ping(
+        &lab.pod.ns,
+        &lab.addrs.ext_ip.to_string(),
+        5,
+        Duration::from_secs(2),
+    )?;
+    assert_eq!((p.sent, p.received), (5, 5), "log:\n{}", afgate.log());
+    let server = peer::tcp_server(
+        &lab.ext.ns,
+        &format!("{}:8080", lab.addrs.ext_ip),
+        "ext",
+        20,
+    )?;
+    let c = peer::tcp_client(
+        &lab.pod.ns,
+        &format!("{}:8080", lab.addrs.ext_ip),
+        200_000,
+        10,
+    )?;
+    assert!(c.echoed, "payload echoed intact: {}", c.stdout);
+    drop(server);
+    afgate.stop()?;
+    let s = final_stats(&afgate.log())?;
+    assert!(num(&s, &["ports", "biz", "tx_packets"]) >= 5 + 100, "{s}");
+    // The kernel's socket statistics are copied into the port counters (zero here: the
+    // worker keeps up with a ping and one TCP stream).
+    assert_eq!(num(&s, &["ports", "pod60", "xsk_fill_empty"]), 0, "{s}");
+    assert!(s["ports"]["pod60"].get("xsk_rx_ring_full").is_some(), "{s}");
+    Ok(())
+}

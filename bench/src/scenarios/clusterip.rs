@@ -194,13 +194,14 @@ pub fn nft_rules(svcs: &[Svc]) -> String {
 pub fn afgate_yaml(workers: &[usize], svcs: &[Svc], extra: &str) -> String {
     let cores: Vec<String> = workers.iter().map(|c| c.to_string()).collect();
     let mut y = format!(
-        "workers:\n  cores: [{}]\n  poll: adaptive\n\
+        "workers:\n  cores: [{}]\n  poll: {}\n\
          ports:\n\
          \x20 - {{ name: d0, device: d0, role: uplink, addresses: [10.0.1.1/24] }}\n\
          \x20 - {{ name: d1, device: d1, role: uplink, addresses: [10.0.2.1/24] }}\n\
          neighbors:\n\
          \x20 - {{ ip: {}, mac: \"{}\", dev: d1 }}\n",
         cores.join(", "),
+        super::RT_WORKER_POLL,
         topo::SINK_IP,
         topo::SINK_MAC
     );
@@ -430,7 +431,7 @@ pub fn run(
             lab,
             Dut::AfgateAdaptive,
             &format!("afgate-clusterip/{n}"),
-            "afgate, 1 worker (adaptive poll): service DNAT + conntrack + masquerade",
+            "afgate, 1 worker (poll wakeup, rt_priority 10): service DNAT + conntrack + masquerade",
             &vip,
             &p,
         ));

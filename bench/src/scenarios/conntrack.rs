@@ -227,7 +227,7 @@ pub fn run(
             env,
             lab,
             (Dut::AfgateAdaptive, "afgate"),
-            "afgate, 1 worker (adaptive poll), conntrack capacity 2097152",
+            "afgate, 1 worker (poll wakeup, rt_priority 10), conntrack capacity 2097152",
             n,
             &afgate_count,
             &p,

@@ -183,7 +183,7 @@ pub fn run(
         (
             "afgate-dns",
             DNS_VIP,
-            "afgate, 1 worker (adaptive poll): service DNAT + masquerade + conntrack, reverse NAT of the answers",
+            "afgate, 1 worker (poll wakeup, rt_priority 10): service DNAT + masquerade + conntrack, reverse NAT of the answers",
         ),
     ] {
         r.variants.push(measure_with(

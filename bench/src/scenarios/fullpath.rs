@@ -96,7 +96,7 @@ pub fn run(
     r.variants.push(measure_with(
         env,
         "afgate-fullpath",
-        &format!("afgate, 1 worker (adaptive poll): VLAN {VLAN} pop, service DNAT + conntrack + masquerade, route into vxlan.2, VXLAN encap"),
+        &format!("afgate, 1 worker (poll wakeup, rt_priority 10): VLAN {VLAN} pop, service DNAT + conntrack + masquerade, route into vxlan.2, VXLAN encap"),
         &mut |rate, secs| trial(env, lab, Dut::AfgateAdaptive, &tagged, rate, secs),
         &p,
     ));

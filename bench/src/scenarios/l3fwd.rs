@@ -1,4 +1,4 @@
-//! "l3fwd": 64-byte UDP, many flows, one forwarding core. afgate (adaptive and busy polling)
+//! "l3fwd": 64-byte UDP, many flows, one forwarding core. afgate (adaptive, busy, and real-time wakeup polling)
 //! against the wire rate, the kernel's ip_forward, the XDP devmap ceiling and the minimal
 //! AF_XDP forwarder, all in the same run on the same veths.
 
@@ -30,6 +30,7 @@ pub fn run(
         Dut::XskFwd,
         Dut::AfgateAdaptive,
         Dut::AfgateBusy,
+        Dut::AfgateRt,
     ];
     for (i, dut) in duts.iter().enumerate() {
         let p = |m: &str| progress(&format!("[{NAME} {}/{}] {m}", i + 1, duts.len()));
@@ -45,7 +46,7 @@ pub fn run(
             " (AF_XDP copy mode)"
         }
     ));
-    for a in ["afgate-adaptive", "afgate-busy"] {
+    for a in ["afgate-rt", "afgate-adaptive", "afgate-busy"] {
         for b in ["kernel", "xdp-ceiling", "xskfwd", "wire"] {
             r.ratio(a, b, None);
         }

@@ -180,6 +180,10 @@ pub enum Dut {
     XskFwd,
     AfgateAdaptive,
     AfgateBusy,
+    /// afgate with its worker at real-time priority, sleeping whenever idle (`poll: wakeup`,
+    /// `rt_priority`): on a core shared with the veth NAPI thread, the two then take turns
+    /// a batch at a time.
+    AfgateRt,
 }
 
 impl Dut {
@@ -191,6 +195,7 @@ impl Dut {
             Dut::XskFwd => "xskfwd",
             Dut::AfgateAdaptive => "afgate-adaptive",
             Dut::AfgateBusy => "afgate-busy",
+            Dut::AfgateRt => "afgate-rt",
         }
     }
     pub fn describe(self) -> &'static str {
@@ -201,9 +206,15 @@ impl Dut {
             Dut::XskFwd => "minimal AF_XDP forwarder: rx→tx + MAC rewrite, adaptive poll",
             Dut::AfgateAdaptive => "afgate, 1 worker, poll adaptive",
             Dut::AfgateBusy => "afgate, 1 worker, poll busy",
+            Dut::AfgateRt => "afgate, 1 worker, poll wakeup, SCHED_FIFO (rt_priority 10)",
         }
     }
 }
+
+/// The `workers.poll` value (and what follows it in the `workers:` map) of afgate run the
+/// way it is meant to on a core shared with the veth NAPI thread: sleeping whenever idle,
+/// at a real-time priority above the NAPI thread (`afgate_dataplane::worker::set_realtime`).
+pub const RT_WORKER_POLL: &str = "wakeup\n  rt_priority: 10";
 
 /// A running device under test; dropping it stops it.
 pub struct Running {
@@ -306,15 +317,15 @@ pub fn start(env: &Env, lab: &BenchLab, dut: Dut, secs: f64) -> Result<Running> 
             ];
             r.proc = Some(spawn_ready(&lab.dut, &argv)?);
         }
-        Dut::AfgateAdaptive | Dut::AfgateBusy => {
-            let poll = if dut == Dut::AfgateBusy {
-                "busy"
-            } else {
-                "adaptive"
+        Dut::AfgateAdaptive | Dut::AfgateBusy | Dut::AfgateRt => {
+            let (name, poll) = match dut {
+                Dut::AfgateBusy => ("busy", "busy"),
+                Dut::AfgateRt => ("rt", RT_WORKER_POLL),
+                _ => ("adaptive", "adaptive"),
             };
-            let cfg = lab.afgate_config(poll, env.dut_core)?;
+            let cfg = lab.afgate_config(name, poll, env.dut_core)?;
             // Its own control socket: the default one may belong to another afgate (a test).
-            let api = lab.lab.tmp().join(format!("afgate-{poll}.sock"));
+            let api = lab.lab.tmp().join(format!("afgate-{name}.sock"));
             let api = api.to_string_lossy();
             r.afgate = Some(
                 Afgate::start_bin(

@@ -127,3 +127,26 @@ fn out_of_range_numbers() {
     assert_eq!(e.field, "workers.batch");
     assert!(e.message.contains("32-1024"));
 }
+
+#[test]
+fn rt_priority_range_and_poll_mode() {
+    let with = |poll: &str, prio: &str| {
+        GOOD.replace(
+            "poll: adaptive",
+            &format!("poll: {poll}\n  rt_priority: {prio}"),
+        )
+    };
+    let c = Config::parse(&with("wakeup", "10"), Path::new("node.yaml")).unwrap();
+    assert_eq!(c.workers.rt_priority, Some(10));
+    assert!(Config::parse(&with("adaptive", "99"), Path::new("node.yaml")).is_ok());
+
+    let e = &errors(&with("wakeup", "0"))[0];
+    assert_eq!(e.field, "workers.rt_priority");
+    assert!(e.message.contains("1-99"), "{e}");
+    let e = &errors(&with("wakeup", "100"))[0];
+    assert_eq!(e.field, "workers.rt_priority");
+    // A spinning worker above the kernel's receive work on its core would starve it.
+    let e = &errors(&with("busy", "10"))[0];
+    assert_eq!(e.field, "workers.rt_priority");
+    assert!(e.message.contains("poll: busy"), "{e}");
+}

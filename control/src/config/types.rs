@@ -145,6 +145,12 @@ pub struct WorkersCfg {
     /// Entries in each rx, tx, fill and completion ring, a power of two, 64-16384.
     #[serde(default = "default_ring")]
     pub ring_size: u32,
+    /// Run the worker threads under SCHED_FIFO at this priority (1-99; unset: the normal
+    /// scheduler). For cores the worker shares with the kernel's receive work, as on veth:
+    /// with `poll: wakeup` the worker and the device's NAPI then take turns a batch at a
+    /// time (see `afgate_dataplane::worker::set_realtime`). Not with `poll: busy`.
+    #[serde(default)]
+    pub rt_priority: Option<u8>,
 }
 
 fn default_cores() -> Vec<usize> {
@@ -180,6 +186,7 @@ impl Default for WorkersCfg {
             batch: default_batch(),
             idle_spins: default_idle_spins(),
             frames: None,
+            rt_priority: None,
             ring_size: default_ring(),
         }
     }
@@ -370,6 +377,21 @@ impl Config {
                 "workers.frames".into(),
                 format!("{frames} is not allowed; a power of two in 1024-262144"),
             );
+        }
+        if let Some(p) = w.rt_priority {
+            if !(1..=99).contains(&p) {
+                err(
+                    "workers.rt_priority".into(),
+                    format!("{p} is out of range; allowed: 1-99"),
+                );
+            } else if w.poll == PollCfg::Busy {
+                err(
+                    "workers.rt_priority".into(),
+                    "a real-time worker that never sleeps (poll: busy) starves the kernel's \
+                     receive work on its core; use poll: wakeup or adaptive"
+                        .into(),
+                );
+            }
         }
         if !w.ring_size.is_power_of_two() || !(64..=16_384).contains(&w.ring_size) {
             err(

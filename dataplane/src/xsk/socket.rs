@@ -38,6 +38,8 @@ const SOL_XDP: libc::c_int = 283;
 const XDP_MMAP_OFFSETS: libc::c_int = 1;
 const XDP_OPTIONS: libc::c_int = 8;
 const XDP_OPTIONS_ZEROCOPY: u32 = 1;
+/// Linux 6.17+: frames one copy-mode sendto(2) may transmit (default 32, up to the tx ring).
+const XDP_MAX_TX_SKB_BUDGET: libc::c_int = 9;
 const XDP_PGOFF_RX_RING: libc::off_t = 0;
 const XDP_PGOFF_TX_RING: libc::off_t = 0x8000_0000;
 const XDP_UMEM_PGOFF_FILL_RING: libc::off_t = 0x1_0000_0000;
@@ -307,6 +309,31 @@ impl Xsk {
                 core::ptr::null_mut(),
             )
         };
+    }
+
+    /// Lets one copy-mode sendto(2) transmit up to `frames` descriptors instead of the
+    /// kernel's default 32, so a full batch goes out in one call. Kernels before 6.17 lack
+    /// the option (the error says so; the default then stays).
+    pub fn set_tx_budget(&self, frames: u32) -> std::io::Result<()> {
+        self.setsockopt(SOL_XDP, XDP_MAX_TX_SKB_BUDGET, frames)
+    }
+
+    fn setsockopt(&self, level: libc::c_int, name: libc::c_int, v: u32) -> std::io::Result<()> {
+        // SAFETY: v is a live u32 and the length passed is its size; the kernel only reads it.
+        let rc = unsafe {
+            libc::setsockopt(
+                self.fd,
+                level,
+                name,
+                (&v as *const u32).cast(),
+                core::mem::size_of::<u32>() as libc::socklen_t,
+            )
+        };
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(std::io::Error::last_os_error())
+        }
     }
 
     /// Kernel-side drop counters of this socket (`XDP_STATISTICS`).
