@@ -53,7 +53,7 @@ fn names(variants: &[serde_json::Value]) -> Vec<&str> {
 }
 
 /// l3fwd: every variant (wire, kernel, XDP ceiling, minimal AF_XDP forwarder, afgate
-/// adaptive and busy) forwards something and yields latency samples.
+/// adaptive, busy and real-time wakeup) forwards something and yields latency samples.
 #[test]
 fn l3fwd_smoke_produces_numbers_for_every_variant() {
     let (variants, report) = smoke("l3fwd", 256);
@@ -65,7 +65,8 @@ fn l3fwd_smoke_produces_numbers_for_every_variant() {
             "xdp-ceiling",
             "xskfwd",
             "afgate-adaptive",
-            "afgate-busy"
+            "afgate-busy",
+            "afgate-rt"
         ]
     );
     for v in &variants {
@@ -78,7 +79,7 @@ fn l3fwd_smoke_produces_numbers_for_every_variant() {
             v["name"]
         );
     }
-    assert!(report.contains("| afgate-busy |"), "{report}");
+    assert!(report.contains("| afgate-rt |"), "{report}");
 }
 
 /// dns: queries through afgate and the kernel (plain, iptables, nftables) reach the

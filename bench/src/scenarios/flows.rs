@@ -25,7 +25,7 @@ pub fn run(
         sweep_axis: Some("flows".into()),
         ..Default::default()
     };
-    for dut in [Dut::Kernel, Dut::AfgateBusy] {
+    for dut in [Dut::Kernel, Dut::AfgateRt] {
         let running = start(env, lab, dut, counts.len() as f64 * variant_budget(env))?;
         for &n in counts {
             let traffic = Traffic::udp64(n);
@@ -52,9 +52,9 @@ pub fn run(
     }
     for &n in counts {
         r.ratio(
-            &format!("afgate-busy/{n}"),
+            &format!("afgate-rt/{n}"),
             &format!("kernel/{n}"),
-            Some(format!("afgate-busy/kernel ({n} flows)")),
+            Some(format!("afgate-rt/kernel ({n} flows)")),
         );
     }
     Ok(r)
