@@ -39,6 +39,11 @@ pub fn run(frame: &mut Frame, meta: &RxMeta, ctx: &Ctx) -> Action {
 
 #[inline]
 fn ipv4(frame: &mut Frame, meta: &RxMeta, ctx: &Ctx) -> Action {
+    // A tracked flow this worker translated before (`flow_cache`): checked, translated and
+    // routed without the conntrack lookup.
+    if let Some(action) = super::flow_cache::fast(frame, meta, ctx) {
+        return action;
+    }
     let l3 = &frame.data()[ethernet::HEADER_LEN..];
     let Ok(ip) = Ipv4Packet::new_checked(l3) else {
         return Action::Drop(DropReason::Malformed);

@@ -21,6 +21,7 @@ pub mod classify;
 pub mod egress;
 pub mod flood;
 pub mod flow;
+pub mod flow_cache;
 pub mod icmp;
 pub mod local;
 pub mod nat;

@@ -155,6 +155,91 @@ pub fn rewrite(l3: &mut [u8], to: &Tuple) {
     }
 }
 
+/// [`rewrite`] worked out once for every packet that carries tuple `from` (TCP or UDP, an
+/// option-less IPv4 header, no fragment offset): the new words and the checksum deltas, so
+/// that a flow's later packets (`pipeline::flow_cache`) get the same bytes without the sums.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Prepared {
+    src: u32,
+    dst: u32,
+    ports: u32,
+    addr_delta: u64,
+    l4_delta: u64,
+    addrs_change: bool,
+}
+
+impl Prepared {
+    pub fn new(from: &Tuple, to: &Tuple) -> Prepared {
+        let (os, od) = (u32::from(from.src), u32::from(from.dst));
+        let (ns, nd) = (u32::from(to.src), u32::from(to.dst));
+        let old_ports = u32::from(from.sport) << 16 | u32::from(from.dport);
+        let ports = u32::from(to.sport) << 16 | u32::from(to.dport);
+        // The same sums as `rewrite`'s, in the same order, so the folds give the same bits.
+        let addr_delta = u64::from(!os) + u64::from(ns) + u64::from(!od) + u64::from(nd);
+        Prepared {
+            src: ns,
+            dst: nd,
+            ports,
+            addr_delta,
+            l4_delta: addr_delta + u64::from(!old_ports) + u64::from(ports),
+            addrs_change: os != ns || od != nd,
+        }
+    }
+
+    /// The destination address packets leave with.
+    #[inline]
+    pub fn dst(&self) -> Ipv4Addr {
+        Ipv4Addr::from(self.dst)
+    }
+
+    /// Applies it to `l3`, a packet of the `from` tuple this was prepared for; `tcp` is its
+    /// protocol (else UDP); with `ttl`, also decrements the TTL (which must be above 1), as
+    /// `Ipv4Packet::decrement_ttl` would after the rewrite. `l3` shorter than the headers is
+    /// left alone.
+    ///
+    /// The TTL word's change is the constant `!old + (old - 0x100)` = 0xfeff, folded with
+    /// the address change: one's complement folds of a sum and of its parts give the same
+    /// bits (a fold is zero only for a zero sum), so this equals `rewrite` then
+    /// `decrement_ttl` byte for byte.
+    #[inline(always)]
+    pub fn apply(&self, l3: &mut [u8], tcp: bool, ttl: bool) {
+        let Some(h) = l3.first_chunk_mut::<28>() else {
+            return;
+        };
+        if self.addrs_change || ttl {
+            let delta = if self.addrs_change {
+                self.addr_delta
+            } else {
+                0
+            } + if ttl { 0xfeff } else { 0 };
+            let c = checksum::apply(u16::from_be_bytes([h[10], h[11]]), delta);
+            h[10..12].copy_from_slice(&c.to_be_bytes());
+            h[8] -= u8::from(ttl);
+        }
+        if self.addrs_change {
+            h[12..16].copy_from_slice(&self.src.to_be_bytes());
+            h[16..20].copy_from_slice(&self.dst.to_be_bytes());
+        }
+        if tcp {
+            let Some(h) = l3.first_chunk_mut::<40>() else {
+                return;
+            };
+            let c = checksum::apply(u16::from_be_bytes([h[36], h[37]]), self.l4_delta);
+            h[20..24].copy_from_slice(&self.ports.to_be_bytes());
+            h[36..38].copy_from_slice(&c.to_be_bytes());
+        } else {
+            let c = u16::from_be_bytes([h[26], h[27]]);
+            // RFC 768: 0 means "no checksum" and stays 0; a computed 0 is sent as 0xffff.
+            if c != 0 {
+                let c = checksum::apply(c, self.l4_delta);
+                let c = if c == 0 { 0xffff } else { c };
+                h[26..28].copy_from_slice(&c.to_be_bytes());
+            }
+            h[20..24].copy_from_slice(&self.ports.to_be_bytes());
+        }
+    }
+}
+
 /// An ICMP error's quoted datagram: where it starts in the ICMP message and its tuple.
 #[derive(Debug, Clone, Copy)]
 pub struct Quoted {

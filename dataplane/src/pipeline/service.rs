@@ -69,7 +69,7 @@ pub fn run(frame: &mut Frame, meta: &RxMeta, ctx: &Ctx) -> Next {
     let bytes = ip.total_len() as u32;
     if let Some(hit) = ctx.shared.conntrack.lookup(&t, ctx.now_s) {
         if still_valid(&hit, ctx) {
-            return tracked(frame, ctx, &hit, flags, bytes);
+            return tracked(frame, meta, ctx, &t, &hit, flags, bytes);
         }
         crate::trace_step!(ctx, "service", "{t:?}: backend removed, rescheduling");
         if ctx.may_mutate() {
@@ -103,11 +103,17 @@ pub fn run(frame: &mut Frame, meta: &RxMeta, ctx: &Ctx) -> Next {
 
 /// B14: a UDP entry must not keep sending to a backend that was removed from its service
 /// (there is no connection to drain; kube-proxy flushes such entries). TCP entries keep their
-/// backend until they close or expire.
+/// backend until they close or expire — once established: a connection the backend never
+/// answered (its SYN being retransmitted after a removal) is still a new flow, and a new flow
+/// never goes to a removed backend.
 #[inline]
 fn still_valid(hit: &Hit, ctx: &Ctx) -> bool {
     let f = &hit.flow;
-    if f.service == 0 || hit.dir != Dir::Original || f.orig.proto != PROTO_UDP {
+    if f.service == 0 || hit.dir != Dir::Original {
+        return true;
+    }
+    let movable = f.orig.proto == PROTO_UDP || (f.orig.proto == PROTO_TCP && !hit.replied);
+    if !movable {
         return true;
     }
     match ctx.tables.services.get(f.service) {
@@ -118,10 +124,19 @@ fn still_valid(hit: &Hit, ctx: &Ctx) -> bool {
 }
 
 #[inline]
-fn tracked(frame: &mut Frame, ctx: &Ctx, hit: &Hit, flags: u8, bytes: u32) -> Next {
+fn tracked(
+    frame: &mut Frame,
+    meta: &RxMeta,
+    ctx: &Ctx,
+    t: &Tuple,
+    hit: &Hit,
+    flags: u8,
+    bytes: u32,
+) -> Next {
     let original = hit.dir == Dir::Original;
     let to = nat::translated(&hit.flow, original);
     crate::trace_step!(ctx, "conntrack", "{:?} hit → {to:?}", hit.dir);
+    super::flow_cache::fill(frame.data(), meta, ctx, t, hit, &to);
     nat::rewrite(&mut frame.data_mut()[ethernet::HEADER_LEN..], &to);
     if ctx.may_mutate() {
         ctx.shared
@@ -1126,6 +1141,85 @@ mod tests {
         assert_eq!(&quoted[20..28], &q[34..42]);
         assert_eq!(lab.event(Event::NatIcmpRelated), 1);
         assert_eq!(lab.event(Event::ServiceNewFlow), 1);
+    }
+
+    #[test]
+    fn unanswered_tcp_moves_off_a_removed_backend_answered_tcp_stays() {
+        let b2_ip = Ipv4Addr::new(10, 20, 9, 42);
+        let mut lab = lab_with(vec![svc(
+            1,
+            VIP,
+            80,
+            PROTO_TCP,
+            vec![be(POD41_IP, 8080), be(b2_ip, 8080)],
+        )]);
+        lab.shared.neigh.set_static(b2_ip, POD41_MAC, POD41);
+        lab.tables.fib.insert(
+            b2_ip,
+            32,
+            vec![crate::tables::NextHop {
+                port: POD41,
+                via: None,
+            }],
+        );
+        let syn = |lab: &Lab, sport| {
+            tcp(
+                POD60_MAC,
+                lab.mac(POD60),
+                POD60_IP,
+                VIP,
+                sport,
+                80,
+                true,
+                b"",
+            )
+        };
+        // Two connections to whichever backends the scheduler picks; the first gets an
+        // answer from its backend, the second does not (its SYN will be retransmitted).
+        let first = addrs(&lab.run(POD60, syn(&lab, 41000)).frame).2;
+        let reply = tcp(
+            POD41_MAC,
+            lab.mac(POD41),
+            first,
+            POD60_IP,
+            8080,
+            41000,
+            false,
+            b"",
+        );
+        let back = lab.run(POD41, reply);
+        assert_eq!(addrs(&back.frame).0, VIP, "the answer is de-NATed");
+        let mut sport = 41001;
+        let second = loop {
+            let d = addrs(&lab.run(POD60, syn(&lab, sport)).frame).2;
+            if d == first {
+                break d;
+            }
+            sport += 1;
+            assert!(sport < 41100, "the scheduler never picked {first} again");
+        };
+        // That backend is removed from the service.
+        let keep = if first == POD41_IP { b2_ip } else { POD41_IP };
+        let mut next = lab.tables.services.clone();
+        next.upsert(svc(1, VIP, 80, PROTO_TCP, vec![be(keep, 8080)]))
+            .unwrap();
+        lab.tables.services = next;
+        let rebalanced = lab.event(Event::ServiceRebalanced);
+        // The answered (established) connection keeps its backend...
+        let data = tcp(
+            POD60_MAC,
+            lab.mac(POD60),
+            POD60_IP,
+            VIP,
+            41000,
+            80,
+            false,
+            b"x",
+        );
+        assert_eq!(addrs(&lab.run(POD60, data).frame).2, second);
+        // ...the unanswered one's retransmitted SYN is scheduled anew, never to the removed one.
+        assert_eq!(addrs(&lab.run(POD60, syn(&lab, sport)).frame).2, keep);
+        assert_eq!(lab.event(Event::ServiceRebalanced), rebalanced + 1);
     }
 
     #[test]

@@ -889,6 +889,8 @@ pub struct WorkerLocal {
     pub flood: crate::pipeline::flood::WorkerFlood,
     /// Destination → egress decisions of this worker (`pipeline::nexthop_cache`).
     pub nexthops: crate::pipeline::nexthop_cache::NextHopCache,
+    /// Tracked flows' translations of this worker (`pipeline::flow_cache`).
+    pub flows: crate::pipeline::flow_cache::FlowCache,
 }
 
 /// Ports SNAT may pick (Linux's default `ip_local_port_range` is 32768–60999).
@@ -908,6 +910,7 @@ impl WorkerLocal {
             port_next: Cell::new((index as u32 % 8) * (SNAT_SPAN / 8)),
             flood: Default::default(),
             nexthops: Default::default(),
+            flows: Default::default(),
         }
     }
 
