@@ -21,14 +21,24 @@ impl<'a> Frame<'a> {
         Frame { buf, start, len }
     }
 
+    // Every stage asks for the frame's bytes, several times per frame: without an indexed
+    // slice's range checks (the invariant below makes them redundant) that is one add.
     #[inline]
+    #[allow(unsafe_code)]
     pub fn data(&self) -> &[u8] {
-        &self.buf[self.start..self.start + self.len]
+        // SAFETY: `start + len <= buf.len()` always holds: `new` clamps both, and every
+        // method that moves `start` or changes `len` keeps it (checked before it changes).
+        unsafe { self.buf.get_unchecked(self.start..self.start + self.len) }
     }
 
     #[inline]
+    #[allow(unsafe_code)]
     pub fn data_mut(&mut self) -> &mut [u8] {
-        &mut self.buf[self.start..self.start + self.len]
+        // SAFETY: as in `data`.
+        unsafe {
+            self.buf
+                .get_unchecked_mut(self.start..self.start + self.len)
+        }
     }
 
     #[inline]

@@ -575,13 +575,14 @@ fn class_of(proto: u8) -> u64 {
     }
 }
 
-/// Timeouts flattened for a branch-light lookup: `[tcp state 0..9, udp, udp_stream, icmp]`.
+/// Timeouts flattened for a branch-light lookup: `[tcp state 0..9, udp, udp_stream, icmp]`,
+/// and the shortest of them.
 #[derive(Clone, Copy, Debug)]
-struct TimeoutTable([u32; 12]);
+struct TimeoutTable([u32; 12], u32);
 
 impl TimeoutTable {
     fn new(t: &Timeouts) -> Self {
-        TimeoutTable([
+        let all = [
             t.tcp_syn_sent, // None: a flow inserted but not yet updated with its first flags
             t.tcp_syn_sent,
             t.tcp_syn_recv,
@@ -594,7 +595,8 @@ impl TimeoutTable {
             t.udp,
             t.udp_stream,
             t.icmp,
-        ])
+        ];
+        TimeoutTable(all, all.into_iter().min().unwrap_or(0))
     }
     #[inline]
     fn of(&self, m: Meta) -> u32 {
@@ -610,6 +612,11 @@ impl TimeoutTable {
     }
     #[inline]
     fn expired(&self, m: Meta, now: u32) -> bool {
+        // A flow seen within the shortest timeout is live whatever its class and state: the
+        // per-packet refresh and lookups mostly decide here, without the table lookup.
+        if u64::from(m.ts()) + u64::from(self.1) > u64::from(now) {
+            return false;
+        }
         u64::from(now) >= self.deadline(m)
     }
 }

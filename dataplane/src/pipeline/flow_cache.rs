@@ -77,7 +77,8 @@ struct Slot {
 }
 
 pub struct FlowCache {
-    slots: Box<[Slot]>,
+    /// A fixed-size array: a masked index needs no bounds check.
+    slots: Box<[Slot; SLOTS]>,
     /// Frames served from the cache (tests tell hits from full-path frames by it).
     #[cfg(test)]
     hits: Cell<u64>,
@@ -92,7 +93,11 @@ impl core::fmt::Debug for FlowCache {
 impl Default for FlowCache {
     fn default() -> Self {
         FlowCache {
-            slots: (0..SLOTS).map(|_| Slot::default()).collect(),
+            slots: (0..SLOTS)
+                .map(|_| Slot::default())
+                .collect::<Box<[Slot]>>()
+                .try_into()
+                .unwrap_or_else(|_| unreachable!("SLOTS slots")),
             #[cfg(test)]
             hits: Cell::new(0),
         }
@@ -179,6 +184,7 @@ pub fn fast(frame: &mut Frame, meta: &RxMeta, ctx: &Ctx) -> Option<Action> {
         return None;
     }
     let total = usize::from(u16::from_be_bytes([h[16], h[17]]));
+    let ttl = h[22];
     let (tcp, flags) = match h[23] {
         PROTO_TCP if total >= 40 => (true, *data.get(ETH + 20 + 13)?),
         PROTO_UDP if total >= 28 => (false, 0),
@@ -201,8 +207,9 @@ pub fn fast(frame: &mut Frame, meta: &RxMeta, ctx: &Ctx) -> Option<Action> {
     {
         return None;
     }
-    // `verify_checksum` on the five words, only for a frame that would use the entry.
-    let w64 = |i: usize| u64::from(w(i));
+    // `verify_checksum` on the five words (native order, as it does), only for a frame
+    // that would use the entry.
+    let w64 = |i: usize| u64::from(u32::from_ne_bytes([h[i], h[i + 1], h[i + 2], h[i + 3]]));
     let sum = w64(14) + w64(18) + w64(22) + w64(26) + w64(30);
     if checksum::fold_sum(sum) != 0xffff {
         return None;
@@ -236,9 +243,7 @@ pub fn fast(frame: &mut Frame, meta: &RxMeta, ctx: &Ctx) -> Option<Action> {
     let neigh = ctx.shared.neigh.generation();
     let egress = s.egress.get();
     let fits = match &egress {
-        Some(eg) => {
-            s.neigh_generation.get() == neigh && data[ETH + 8] > 1 && total <= usize::from(eg.mtu)
-        }
+        Some(eg) => s.neigh_generation.get() == neigh && ttl > 1 && total <= usize::from(eg.mtu),
         None => false,
     };
     e.rewrite.apply(&mut data[ETH..], tcp, fits);

@@ -170,10 +170,13 @@ pub struct Prepared {
 
 impl Prepared {
     pub fn new(from: &Tuple, to: &Tuple) -> Prepared {
-        let (os, od) = (u32::from(from.src), u32::from(from.dst));
-        let (ns, nd) = (u32::from(to.src), u32::from(to.dst));
-        let old_ports = u32::from(from.sport) << 16 | u32::from(from.dport);
-        let ports = u32::from(to.sport) << 16 | u32::from(to.dport);
+        // Every word as the native-order value of its wire bytes (`to_be`), so `apply` loads
+        // and stores them without byte swaps; the checksum deltas are summed in that order
+        // too (one's-complement sums commute with byte swapping, RFC 1071 §2(B)).
+        let (os, od) = (u32::from(from.src).to_be(), u32::from(from.dst).to_be());
+        let (ns, nd) = (u32::from(to.src).to_be(), u32::from(to.dst).to_be());
+        let old_ports = (u32::from(from.sport) << 16 | u32::from(from.dport)).to_be();
+        let ports = (u32::from(to.sport) << 16 | u32::from(to.dport)).to_be();
         // The same sums as `rewrite`'s, in the same order, so the folds give the same bits.
         let addr_delta = u64::from(!os) + u64::from(ns) + u64::from(!od) + u64::from(nd);
         Prepared {
@@ -189,7 +192,7 @@ impl Prepared {
     /// The destination address packets leave with.
     #[inline]
     pub fn dst(&self) -> Ipv4Addr {
-        Ipv4Addr::from(self.dst)
+        Ipv4Addr::from(self.dst.to_ne_bytes())
     }
 
     /// Applies it to `l3`, a packet of the `from` tuple this was prepared for; `tcp` is its
@@ -207,35 +210,38 @@ impl Prepared {
             return;
         };
         if self.addrs_change || ttl {
+            // The TTL word's change (0xfeff on the wire) in native order, as the deltas.
+            let ttl_delta = u64::from(u16::from_ne_bytes([0xfe, 0xff]));
             let delta = if self.addrs_change {
                 self.addr_delta
             } else {
                 0
-            } + if ttl { 0xfeff } else { 0 };
-            let c = checksum::apply(u16::from_be_bytes([h[10], h[11]]), delta);
-            h[10..12].copy_from_slice(&c.to_be_bytes());
+            } + if ttl { ttl_delta } else { 0 };
+            let c = checksum::apply(u16::from_ne_bytes([h[10], h[11]]), delta);
+            h[10..12].copy_from_slice(&c.to_ne_bytes());
             h[8] -= u8::from(ttl);
         }
         if self.addrs_change {
-            h[12..16].copy_from_slice(&self.src.to_be_bytes());
-            h[16..20].copy_from_slice(&self.dst.to_be_bytes());
+            h[12..16].copy_from_slice(&self.src.to_ne_bytes());
+            h[16..20].copy_from_slice(&self.dst.to_ne_bytes());
         }
         if tcp {
             let Some(h) = l3.first_chunk_mut::<40>() else {
                 return;
             };
-            let c = checksum::apply(u16::from_be_bytes([h[36], h[37]]), self.l4_delta);
-            h[20..24].copy_from_slice(&self.ports.to_be_bytes());
-            h[36..38].copy_from_slice(&c.to_be_bytes());
+            let c = checksum::apply(u16::from_ne_bytes([h[36], h[37]]), self.l4_delta);
+            h[20..24].copy_from_slice(&self.ports.to_ne_bytes());
+            h[36..38].copy_from_slice(&c.to_ne_bytes());
         } else {
-            let c = u16::from_be_bytes([h[26], h[27]]);
-            // RFC 768: 0 means "no checksum" and stays 0; a computed 0 is sent as 0xffff.
+            let c = u16::from_ne_bytes([h[26], h[27]]);
+            // RFC 768: 0 means "no checksum" and stays 0; a computed 0 is sent as 0xffff
+            // (both the same in either byte order).
             if c != 0 {
                 let c = checksum::apply(c, self.l4_delta);
                 let c = if c == 0 { 0xffff } else { c };
-                h[26..28].copy_from_slice(&c.to_be_bytes());
+                h[26..28].copy_from_slice(&c.to_ne_bytes());
             }
-            h[20..24].copy_from_slice(&self.ports.to_be_bytes());
+            h[20..24].copy_from_slice(&self.ports.to_ne_bytes());
         }
     }
 }

@@ -92,7 +92,8 @@ pub struct Stamp {
 }
 
 pub struct NextHopCache {
-    slots: Box<[Slot]>,
+    /// A fixed-size array: a masked index needs no bounds check.
+    slots: Box<[Slot; SLOTS]>,
     /// The VXLAN encapsulation and decapsulation entries, under the same validity rules
     /// (`pipeline::vxlan::Cache`).
     pub vxlan: super::vxlan::Cache,
@@ -107,7 +108,11 @@ impl core::fmt::Debug for NextHopCache {
 impl Default for NextHopCache {
     fn default() -> Self {
         NextHopCache {
-            slots: (0..SLOTS).map(|_| Slot::default()).collect(),
+            slots: (0..SLOTS)
+                .map(|_| Slot::default())
+                .collect::<Box<[Slot]>>()
+                .try_into()
+                .unwrap_or_else(|_| unreachable!("SLOTS slots")),
             vxlan: super::vxlan::Cache::default(),
         }
     }

@@ -15,6 +15,9 @@ use crate::tables::overlay::VlanMode;
 use crate::wire::vlan::{TAG_LEN, Tag, VID_NONE};
 use crate::wire::{EtherType, ethernet};
 
+const VLAN: u16 = 0x8100;
+const QINQ: u16 = 0x88a8;
+
 /// Resolves the ingress interface: bond, VLAN pop, subinterface. `Err` names why the frame
 /// is dropped.
 #[inline]
@@ -28,10 +31,12 @@ pub fn ingress(frame: &mut Frame, meta: &mut RxMeta, ctx: &Ctx) -> Result<(), Dr
         // classify drops it as malformed.
         return Ok(());
     }
-    let ethertype = EtherType::from(u16::from_be_bytes([data[12], data[13]]));
+    // The raw value, not the open enum: most frames are untagged and leave at the first
+    // compare.
+    let ethertype = u16::from_be_bytes([data[12], data[13]]);
     match ethertype {
-        EtherType::Vlan => {}
-        EtherType::QinQ => {
+        VLAN => {}
+        QINQ => {
             crate::trace_step!(ctx, "vlan", "802.1ad service tag: not carried");
             return Err(DropReason::VlanDoubleTagged);
         }

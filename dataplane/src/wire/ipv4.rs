@@ -237,11 +237,13 @@ impl<T: AsRef<[u8]>> Packet<T> {
     #[inline]
     pub fn verify_checksum(&self) -> bool {
         let b = self.buffer.as_ref();
-        // Almost every header has no options: five words from a fixed-size view, no loop.
+        // Almost every header has no options: five words from a fixed-size view, no loop,
+        // in native byte order (a one's-complement sum of byte-swapped words is the swapped
+        // sum, RFC 1071 §2(B), and all ones is all ones either way).
         if let Some(h) = b.first_chunk::<HEADER_LEN>()
             && h[0] & 0x0f == 5
         {
-            let w = |i: usize| u64::from(u32::from_be_bytes([h[i], h[i + 1], h[i + 2], h[i + 3]]));
+            let w = |i: usize| u64::from(u32::from_ne_bytes([h[i], h[i + 1], h[i + 2], h[i + 3]]));
             return checksum::fold_sum(w(0) + w(4) + w(8) + w(12) + w(16)) == 0xffff;
         }
         checksum::data(self.header()) == 0xffff
