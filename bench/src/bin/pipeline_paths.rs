@@ -19,7 +19,9 @@
 //! ns/packet is from the clock, best of 3 (noisy on a shared machine; `forward` is measured
 //! in the same run and each path's ratio to it is printed). With `--callgrind` the binary
 //! re-runs itself under `valgrind --tool=callgrind` with N and 2N packets and prints
-//! (Ir(2N) − Ir(N)) / N: instructions per packet, set-up cancelled, repeatable.
+//! (Ir(2N) − Ir(N)) / N: instructions per packet, set-up cancelled, repeatable — for the
+//! whole loop (copying the frame into the buffer, the call, checking the action) and, with
+//! `--toggle-collect`, for `pipeline::process` alone.
 
 use afgate::config::Config;
 use afgate_bench::packet::{self, Proto, TrafficSpec, VxlanSpec};
@@ -301,7 +303,7 @@ impl Bench {
                 port: *rx,
                 vlan: None,
             };
-            let a = pipeline::process(&mut f, black_box(&meta), &ctx);
+            let a = process_one(&mut f, black_box(&meta), &ctx);
             if a != Action::Tx(*tx) {
                 wrong += 1;
                 last = Some(a);
@@ -333,14 +335,27 @@ impl Bench {
     }
 }
 
-fn callgrind(path: &str, n: u64) -> Result<f64> {
+/// The pipeline and nothing else: kept out of line so that callgrind can count inside it
+/// alone (`--toggle-collect`), apart from the loop that feeds it.
+#[inline(never)]
+fn process_one(f: &mut Frame, meta: &RxMeta, ctx: &Ctx) -> Action {
+    pipeline::process(f, meta, ctx)
+}
+
+/// Instructions per packet of `path` under callgrind: the whole loop (frame copy, the
+/// call, the check), or with `only_pipeline` just what runs inside [`process_one`].
+fn callgrind(path: &str, n: u64, only_pipeline: bool) -> Result<f64> {
     let exe = std::env::current_exe()?;
     let dir = afgate_tests::TempDir::new("paths")?;
     let mut totals = [0u64; 2];
     for (i, count) in [n, 2 * n].into_iter().enumerate() {
         let out = dir.path().join(format!("{path}-{count}.out"));
-        let st = Command::new("timeout")
-            .args(["600", "valgrind", "--tool=callgrind", "--quiet"])
+        let mut cmd = Command::new("timeout");
+        cmd.args(["600", "valgrind", "--tool=callgrind", "--quiet"]);
+        if only_pipeline {
+            cmd.arg("--toggle-collect=*process_one*");
+        }
+        let st = cmd
             .arg(format!("--callgrind-out-file={}", out.display()))
             .arg(&exe)
             .args(["--once", "--path", path, "--packets", &count.to_string()])
@@ -378,13 +393,19 @@ fn main() -> Result<()> {
     }
     if has("--callgrind") {
         let n = n.min(100_000);
-        println!("| path | instructions/packet (callgrind, N={n}) |\n|---|---:|");
+        println!(
+            "| path | instructions/packet (callgrind, N={n}) | of which pipeline::process |\n|---|---:|---:|"
+        );
         for p in &paths {
             // A path that does not forward fails here, before valgrind runs it.
             let path = b.path(p)?;
             b.prime(p, &path)?;
             b.run(&path, path.frames.len() * 2)?;
-            println!("| {p} | {:.0} |", callgrind(p, n)?);
+            println!(
+                "| {p} | {:.0} | {:.0} |",
+                callgrind(p, n, false)?,
+                callgrind(p, n, true)?
+            );
         }
         return Ok(());
     }
