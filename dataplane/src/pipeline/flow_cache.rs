@@ -76,6 +76,27 @@ struct Slot {
     touched_s: Cell<u32>,
 }
 
+impl Slot {
+    /// The entry in place (a hit reads a few of its fields; `get` would copy all of it).
+    #[inline(always)]
+    #[allow(unsafe_code)]
+    fn entry_ref(&self) -> &Entry {
+        // SAFETY: a slot belongs to one worker's `WorkerLocal` (`Cell` makes it !Sync), and
+        // `entry` is only written by `fill`, which no caller runs while holding this
+        // reference: `fast` drops it before anything that could fill.
+        unsafe { &*self.entry.as_ptr() }
+    }
+
+    /// The learnt egress in place; see [`Self::entry_ref`].
+    #[inline(always)]
+    #[allow(unsafe_code)]
+    fn egress_ref(&self) -> &Option<Egress> {
+        // SAFETY: as in `entry_ref`; `egress` is written only by `learn_egress` and `fill`,
+        // and `fast` calls `learn_egress` only after its last use of this reference.
+        unsafe { &*self.egress.as_ptr() }
+    }
+}
+
 pub struct FlowCache {
     /// A fixed-size array: a masked index needs no bounds check.
     slots: Box<[Slot; SLOTS]>,
@@ -220,7 +241,7 @@ pub fn fast(frame: &mut Frame, meta: &RxMeta, ctx: &Ctx) -> Option<Action> {
     if ETH + total < len && !frame.set_len(ETH + total) {
         return None;
     }
-    let e = s.entry.get();
+    let e = s.entry_ref();
     let dir = if e.original {
         Dir::Original
     } else {
@@ -241,8 +262,8 @@ pub fn fast(frame: &mut Frame, meta: &RxMeta, ctx: &Ctx) -> Option<Action> {
     // `route::forward`'s cached case, from the entry: same TTL and MTU tests, same result;
     // the TTL decrement joins the translation's header checksum update.
     let neigh = ctx.shared.neigh.generation();
-    let egress = s.egress.get();
-    let fits = match &egress {
+    let egress = s.egress_ref();
+    let fits = match egress {
         Some(eg) => s.neigh_generation.get() == neigh && ttl > 1 && total <= usize::from(eg.mtu),
         None => false,
     };
@@ -256,8 +277,9 @@ pub fn fast(frame: &mut Frame, meta: &RxMeta, ctx: &Ctx) -> Option<Action> {
         data[6..12].copy_from_slice(&eg.src_mac);
         return Some(Action::Tx(eg.port));
     }
+    let dst = e.rewrite.dst();
     let action = route::forward(frame, meta, ctx);
-    learn_egress(s, ctx, e.rewrite.dst(), neigh);
+    learn_egress(s, ctx, dst, neigh);
     Some(action)
 }
 
