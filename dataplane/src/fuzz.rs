@@ -18,8 +18,7 @@ use crate::frame::Frame;
 use crate::pipeline::testing::*;
 use crate::pipeline::{Action, RxMeta, process};
 use crate::service::{
-    Backend, BackendState, MasqRule, PROTO_TCP, PROTO_UDP, Scheduler, ServiceSpec, ServiceTable,
-    SnatTo,
+    Backend, MasqRule, PROTO_TCP, PROTO_UDP, Scheduler, ServiceSpec, ServiceTable, SnatTo,
 };
 use crate::tables::{PortId, PortKind, Shared};
 use crate::wire::{self, Ipv4Cidr};
@@ -37,30 +36,11 @@ pub const NEIGH_CAPACITY: usize = 64;
 /// The UMEM chunk size afgate uses, headroom included.
 pub const BUF_LEN: usize = 4096;
 
-fn be(addr: Ipv4Addr, port: u16) -> Backend {
-    Backend {
-        addr,
-        port,
-        weight: 1,
-        state: BackendState::Ready,
-        local: true,
-    }
-}
-
+/// A service with no ClusterIP (its frontends are set by the caller).
 fn svc(id: u32, proto: u8, port: u16, backends: Vec<Backend>) -> ServiceSpec {
     ServiceSpec {
-        id,
-        name: format!("svc{id}"),
-        proto,
-        port,
         cluster_ip: None,
-        node_port: None,
-        external_ips: vec![],
-        lb_ips: vec![],
-        scheduler: Scheduler::Rr,
-        affinity_timeout: None,
-        etp_local: false,
-        backends,
+        ..cluster_ip_service(id, Ipv4Addr::UNSPECIFIED, port, proto, backends)
     }
 }
 

@@ -335,7 +335,7 @@ mod tests {
     use super::super::testing::*;
     use super::*;
     use crate::counters::Event;
-    use crate::service::{Backend, BackendState, Scheduler, ServiceSpec, ServiceTable};
+    use crate::service::{Backend, BackendState, ServiceSpec, ServiceTable};
     use crate::tables::PortId;
     use core::net::Ipv4Addr;
     use proptest::prelude::*;
@@ -347,33 +347,6 @@ mod tests {
     const ACK_: u8 = 0x10;
     const PSH: u8 = 0x08;
 
-    fn be(addr: Ipv4Addr, port: u16) -> Backend {
-        Backend {
-            addr,
-            port,
-            weight: 1,
-            state: BackendState::Ready,
-            local: true,
-        }
-    }
-
-    fn svc(id: u32, vip: Ipv4Addr, port: u16, proto: u8, backends: Vec<Backend>) -> ServiceSpec {
-        ServiceSpec {
-            id,
-            name: format!("svc{id}"),
-            proto,
-            port,
-            cluster_ip: Some(vip),
-            node_port: None,
-            external_ips: vec![],
-            lb_ips: vec![],
-            scheduler: Scheduler::Rr,
-            affinity_timeout: None,
-            etp_local: false,
-            backends,
-        }
-    }
-
     /// Backends on a pod port, behind the overlay and on the VLAN subinterface.
     fn backends() -> Vec<Backend> {
         vec![
@@ -384,10 +357,10 @@ mod tests {
     }
 
     fn specs(tcp_backends: Vec<Backend>, udp_backends: Vec<Backend>) -> [ServiceSpec; 2] {
-        let mut web = svc(1, VIP, 80, 6, tcp_backends);
+        let mut web = cluster_ip_service(1, VIP, 80, 6, tcp_backends);
         // From outside through the node address: SNAT (externalTrafficPolicy: Cluster).
         web.node_port = Some(NODE_PORT);
-        [web, svc(2, DNS_VIP, 53, 17, udp_backends)]
+        [web, cluster_ip_service(2, DNS_VIP, 53, 17, udp_backends)]
     }
 
     /// The next snapshot, as the control plane makes it: the services upserted into the

@@ -496,40 +496,13 @@ fn tcp_rst(frame: &mut Frame, meta: &RxMeta, ctx: &Ctx) -> Option<Action> {
 mod tests {
     use super::super::testing::*;
     use super::*;
-    use crate::service::{Backend, ServiceSpec, ServiceTable, SnatTo};
+    use crate::service::{ServiceSpec, ServiceTable, SnatTo};
     use crate::tables::ports::POD_GATEWAY;
     use crate::wire::{IcmpPacket, Ipv4Cidr, UdpPacket};
 
     const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 10, 1);
     const DNS_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
     const EXT2_IP: Ipv4Addr = Ipv4Addr::new(10, 186, 200, 11);
-
-    fn be(addr: Ipv4Addr, port: u16) -> Backend {
-        Backend {
-            addr,
-            port,
-            weight: 1,
-            state: BackendState::Ready,
-            local: true,
-        }
-    }
-
-    fn svc(id: u32, vip: Ipv4Addr, port: u16, proto: u8, backends: Vec<Backend>) -> ServiceSpec {
-        ServiceSpec {
-            id,
-            name: format!("svc{id}"),
-            proto,
-            port,
-            cluster_ip: Some(vip),
-            node_port: None,
-            external_ips: vec![],
-            lb_ips: vec![],
-            scheduler: crate::service::Scheduler::Rr,
-            affinity_timeout: None,
-            etp_local: false,
-            backends,
-        }
-    }
 
     fn lab_with(specs: Vec<ServiceSpec>) -> Lab {
         let mut lab = Lab::new();
@@ -573,7 +546,13 @@ mod tests {
 
     #[test]
     fn clusterip_tcp_dnat_then_reply_is_unnated() {
-        let lab = lab_with(vec![svc(1, VIP, 80, PROTO_TCP, vec![be(POD41_IP, 8080)])]);
+        let lab = lab_with(vec![cluster_ip_service(
+            1,
+            VIP,
+            80,
+            PROTO_TCP,
+            vec![be(POD41_IP, 8080)],
+        )]);
         let syn = tcp(
             POD60_MAC,
             lab.mac(POD60),
@@ -621,7 +600,13 @@ mod tests {
 
     #[test]
     fn udp_dns_and_zero_checksum_stays_zero() {
-        let lab = lab_with(vec![svc(2, DNS_VIP, 53, PROTO_UDP, vec![be(POD41_IP, 53)])]);
+        let lab = lab_with(vec![cluster_ip_service(
+            2,
+            DNS_VIP,
+            53,
+            PROTO_UDP,
+            vec![be(POD41_IP, 53)],
+        )]);
         let q = udp_frame(
             POD60_MAC,
             lab.mac(POD60),
@@ -661,7 +646,7 @@ mod tests {
     fn the_dns_race_ends_in_one_entry() {
         // Two backends, round robin: without the race handling the second packet of the
         // same tuple would be scheduled to the other backend.
-        let lab = lab_with(vec![svc(
+        let lab = lab_with(vec![cluster_ip_service(
             2,
             DNS_VIP,
             53,
@@ -686,7 +671,7 @@ mod tests {
 
     #[test]
     fn nodeport_with_cluster_policy_is_snated_and_replies_restored() {
-        let mut s = svc(3, VIP, 80, PROTO_TCP, vec![be(POD41_IP, 8080)]);
+        let mut s = cluster_ip_service(3, VIP, 80, PROTO_TCP, vec![be(POD41_IP, 8080)]);
         s.node_port = Some(31234);
         let lab = lab_with(vec![s]);
         let syn = tcp(
@@ -723,7 +708,7 @@ mod tests {
     fn nodeport_with_local_policy_keeps_the_client_and_uses_local_backends() {
         let mut remote = be(Ipv4Addr::new(10, 20, 4, 5), 8080);
         remote.local = false;
-        let mut s = svc(3, VIP, 80, PROTO_TCP, vec![remote, be(POD41_IP, 8080)]);
+        let mut s = cluster_ip_service(3, VIP, 80, PROTO_TCP, vec![remote, be(POD41_IP, 8080)]);
         s.node_port = Some(31234);
         s.etp_local = true;
         let lab = lab_with(vec![s]);
@@ -752,7 +737,13 @@ mod tests {
 
     #[test]
     fn hairpin_is_snated_to_the_pod_gateway() {
-        let lab = lab_with(vec![svc(1, VIP, 80, PROTO_TCP, vec![be(POD60_IP, 8080)])]);
+        let lab = lab_with(vec![cluster_ip_service(
+            1,
+            VIP,
+            80,
+            PROTO_TCP,
+            vec![be(POD60_IP, 8080)],
+        )]);
         let syn = tcp(
             POD60_MAC,
             lab.mac(POD60),
@@ -783,7 +774,13 @@ mod tests {
 
     #[test]
     fn masquerade_rule_matches_port_and_cidrs() {
-        let mut lab = lab_with(vec![svc(1, VIP, 80, PROTO_TCP, vec![be(GW_IP, 8080)])]);
+        let mut lab = lab_with(vec![cluster_ip_service(
+            1,
+            VIP,
+            80,
+            PROTO_TCP,
+            vec![be(GW_IP, 8080)],
+        )]);
         lab.tables
             .services
             .masquerade
@@ -846,7 +843,7 @@ mod tests {
 
     #[test]
     fn snat_port_clash_picks_another_port() {
-        let mut s = svc(3, VIP, 80, PROTO_TCP, vec![be(POD41_IP, 8080)]);
+        let mut s = cluster_ip_service(3, VIP, 80, PROTO_TCP, vec![be(POD41_IP, 8080)]);
         s.node_port = Some(31234);
         let lab = lab_with(vec![s]);
         let a = tcp(
@@ -897,8 +894,8 @@ mod tests {
         let mut term = be(POD41_IP, 8080);
         term.state = BackendState::Terminating;
         let lab = lab_with(vec![
-            svc(1, VIP, 80, PROTO_TCP, vec![term]),
-            svc(2, DNS_VIP, 53, PROTO_UDP, vec![]),
+            cluster_ip_service(1, VIP, 80, PROTO_TCP, vec![term]),
+            cluster_ip_service(2, DNS_VIP, 53, PROTO_UDP, vec![]),
         ]);
         let syn = tcp(
             POD60_MAC,
@@ -946,7 +943,13 @@ mod tests {
 
     #[test]
     fn vip_echo_is_answered_and_unknown_ports_dropped() {
-        let lab = lab_with(vec![svc(1, VIP, 80, PROTO_TCP, vec![be(POD41_IP, 8080)])]);
+        let lab = lab_with(vec![cluster_ip_service(
+            1,
+            VIP,
+            80,
+            PROTO_TCP,
+            vec![be(POD41_IP, 8080)],
+        )]);
         let f = icmp_echo_frame(POD60_MAC, lab.mac(POD60), POD60_IP, VIP, 64, 7, 1, b"ping");
         let out = lab.run(POD60, f);
         assert_eq!(out.action, Action::Tx(POD60));
@@ -989,7 +992,7 @@ mod tests {
 
     #[test]
     fn icmp_errors_about_tracked_flows_are_translated_back() {
-        let mut s = svc(2, DNS_VIP, 53, PROTO_UDP, vec![be(POD41_IP, 53)]);
+        let mut s = cluster_ip_service(2, DNS_VIP, 53, PROTO_UDP, vec![be(POD41_IP, 53)]);
         s.node_port = Some(31053);
         let lab = lab_with(vec![s]);
         let q = udp_frame(
@@ -1102,7 +1105,7 @@ mod tests {
     fn afgates_own_icmp_errors_about_translated_packets_are_translated_back() {
         // TTL 1 to a ClusterIP: afgate DNATs, then the route stage answers time exceeded
         // about the DNATed packet; the client must see the VIP it sent to, not the backend.
-        let lab = lab_with(vec![svc(
+        let lab = lab_with(vec![cluster_ip_service(
             2,
             DNS_VIP,
             53,
@@ -1146,7 +1149,7 @@ mod tests {
     #[test]
     fn unanswered_tcp_moves_off_a_removed_backend_answered_tcp_stays() {
         let b2_ip = Ipv4Addr::new(10, 20, 9, 42);
-        let mut lab = lab_with(vec![svc(
+        let mut lab = lab_with(vec![cluster_ip_service(
             1,
             VIP,
             80,
@@ -1201,8 +1204,14 @@ mod tests {
         // That backend is removed from the service.
         let keep = if first == POD41_IP { b2_ip } else { POD41_IP };
         let mut next = lab.tables.services.clone();
-        next.upsert(svc(1, VIP, 80, PROTO_TCP, vec![be(keep, 8080)]))
-            .unwrap();
+        next.upsert(cluster_ip_service(
+            1,
+            VIP,
+            80,
+            PROTO_TCP,
+            vec![be(keep, 8080)],
+        ))
+        .unwrap();
         lab.tables.services = next;
         let rebalanced = lab.event(Event::ServiceRebalanced);
         // The answered (established) connection keeps its backend...
@@ -1227,8 +1236,8 @@ mod tests {
         let b1 = be(POD41_IP, 53);
         let b2 = be(Ipv4Addr::new(10, 20, 9, 42), 53);
         let mut lab = lab_with(vec![
-            svc(1, VIP, 80, PROTO_TCP, vec![be(POD41_IP, 8080)]),
-            svc(2, DNS_VIP, 53, PROTO_UDP, vec![b1, b2]),
+            cluster_ip_service(1, VIP, 80, PROTO_TCP, vec![be(POD41_IP, 8080)]),
+            cluster_ip_service(2, DNS_VIP, 53, PROTO_UDP, vec![b1, b2]),
         ]);
         lab.shared
             .neigh
@@ -1269,7 +1278,7 @@ mod tests {
         );
         // Next snapshot: POD41 terminating in the TCP service, removed from the UDP one.
         let mut next = lab.tables.services.clone();
-        let mut t = svc(
+        let mut t = cluster_ip_service(
             1,
             VIP,
             80,
@@ -1278,7 +1287,7 @@ mod tests {
         );
         t.backends[0].state = BackendState::Terminating;
         next.upsert(t).unwrap();
-        next.upsert(svc(2, DNS_VIP, 53, PROTO_UDP, vec![b2]))
+        next.upsert(cluster_ip_service(2, DNS_VIP, 53, PROTO_UDP, vec![b2]))
             .unwrap();
         lab.tables.services = next;
         // The established TCP flow keeps its (terminating) backend...
@@ -1305,7 +1314,7 @@ mod tests {
 
     #[test]
     fn affinity_keeps_a_client_on_one_backend() {
-        let mut s = svc(
+        let mut s = cluster_ip_service(
             1,
             VIP,
             80,
@@ -1328,7 +1337,13 @@ mod tests {
 
     #[test]
     fn a_trace_translates_but_tracks_nothing() {
-        let lab = lab_with(vec![svc(1, VIP, 80, PROTO_TCP, vec![be(POD41_IP, 8080)])]);
+        let lab = lab_with(vec![cluster_ip_service(
+            1,
+            VIP,
+            80,
+            PROTO_TCP,
+            vec![be(POD41_IP, 8080)],
+        )]);
         let trace = crate::pipeline::Trace::default();
         let ctx = Ctx {
             trace: Some(&trace),
@@ -1363,7 +1378,13 @@ mod tests {
 
     #[test]
     fn unrelated_traffic_is_untouched_and_untracked() {
-        let lab = lab_with(vec![svc(1, VIP, 80, PROTO_TCP, vec![be(POD41_IP, 8080)])]);
+        let lab = lab_with(vec![cluster_ip_service(
+            1,
+            VIP,
+            80,
+            PROTO_TCP,
+            vec![be(POD41_IP, 8080)],
+        )]);
         let f = udp_frame(
             POD60_MAC,
             lab.mac(POD60),

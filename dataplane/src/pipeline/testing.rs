@@ -3,8 +3,44 @@
 use super::{Action, Ctx, RxMeta, process};
 use crate::counters::{DropReason, Event, WorkerCounters};
 use crate::frame::Frame;
+use crate::service::{Backend, BackendState, Scheduler, ServiceSpec};
 use crate::tables::{NextHop, Port, PortId, PortRole, Ports, Shared, Tables};
 use core::net::Ipv4Addr;
+
+/// A ready, local backend of weight 1.
+pub fn be(addr: Ipv4Addr, port: u16) -> Backend {
+    Backend {
+        addr,
+        port,
+        weight: 1,
+        state: BackendState::Ready,
+        local: true,
+    }
+}
+
+/// A round-robin ClusterIP service `vip:port/proto` and nothing else.
+pub fn cluster_ip_service(
+    id: u32,
+    vip: Ipv4Addr,
+    port: u16,
+    proto: u8,
+    backends: Vec<Backend>,
+) -> ServiceSpec {
+    ServiceSpec {
+        id,
+        name: format!("svc{id}"),
+        proto,
+        port,
+        cluster_ip: Some(vip),
+        node_port: None,
+        external_ips: vec![],
+        lb_ips: vec![],
+        scheduler: Scheduler::Rr,
+        affinity_timeout: None,
+        etp_local: false,
+        backends,
+    }
+}
 
 pub const BIZ: PortId = PortId(0);
 pub const POD60: PortId = PortId(1);
