@@ -4,6 +4,7 @@
 //! SIGKILL leaves no black hole.
 
 use afgate_tests::capture::{self, Capture};
+use afgate_tests::lab::NodeLab;
 use afgate_tests::netns::Netns;
 use afgate_tests::peer;
 use afgate_tests::ping::ping;
@@ -101,25 +102,12 @@ fn ping_and_tcp_cross_afgate_not_the_kernel() -> Result<()> {
     }
 
     // TCP with the kernel's own stacks at both ends.
-    let server = peer::tcp_server(
-        &lab.ext.ns,
-        &format!("{}:8080", lab.addrs.ext_ip),
-        "ext",
-        20,
-    )?;
-    let c = peer::tcp_client(
-        &lab.pod.ns,
-        &format!("{}:8080", lab.addrs.ext_ip),
-        200_000,
-        10,
-    )?;
-    assert!(c.echoed, "payload echoed intact: {}", c.stdout);
+    let c = tcp_pod_to_ext(&lab)?;
     assert_eq!(
         c.reply.client_ip(),
         lab.addrs.pod_ip.to_string(),
         "server saw the pod's address"
     );
-    drop(server);
 
     // The pod's gateway MAC came from (proxy) ARP for 169.254.1.1 = the pod60 port's MAC.
     let neigh = lab
@@ -297,6 +285,15 @@ fn two_workers_each_serve_a_queue_of_every_port() -> Result<()> {
     Ok(())
 }
 
+/// 200 kB from the pod to an echo server on ext, through afgate, echoed back intact.
+fn tcp_pod_to_ext(lab: &NodeLab) -> Result<peer::TcpClientResult> {
+    let addr = format!("{}:8080", lab.addrs.ext_ip);
+    let _server = peer::tcp_server(&lab.ext.ns, &addr, "ext", 20)?;
+    let c = peer::tcp_client(&lab.pod.ns, &addr, 200_000, 10)?;
+    assert!(c.echoed, "payload echoed intact: {}", c.stdout);
+    Ok(c)
+}
+
 /// The scheduling policy and real-time priority of afgate's thread named `name`
 /// (/proc/PID/task/TID/stat fields 41 and 40).
 fn thread_sched(pid: u32, name: &str) -> Result<(u32, u32)> {
@@ -336,20 +333,7 @@ fn real_time_worker_forwards_and_runs_under_sched_fifo() -> Result<()> {
         Duration::from_secs(2),
     )?;
     assert_eq!((p.sent, p.received), (5, 5), "log:\n{}", afgate.log());
-    let server = peer::tcp_server(
-        &lab.ext.ns,
-        &format!("{}:8080", lab.addrs.ext_ip),
-        "ext",
-        20,
-    )?;
-    let c = peer::tcp_client(
-        &lab.pod.ns,
-        &format!("{}:8080", lab.addrs.ext_ip),
-        200_000,
-        10,
-    )?;
-    assert!(c.echoed, "payload echoed intact: {}", c.stdout);
-    drop(server);
+    tcp_pod_to_ext(&lab)?;
     afgate.stop()?;
     let s = final_stats(&afgate.log())?;
     assert!(num(&s, &["ports", "biz", "tx_packets"]) >= 5 + 100, "{s}");
