@@ -67,7 +67,7 @@ impl Default for WorkerConfig {
 }
 
 /// Passes between copies of the sockets' kernel statistics (a syscall each).
-const KERNEL_STATS_EVERY: u32 = 1 << 14;
+const KERNEL_STATS_EVERY: u64 = 1 << 14;
 
 /// The longest a sleeping worker waits before looking at its stop flag again.
 const MAX_SLEEP_MS: i32 = 50;
@@ -244,12 +244,10 @@ impl Worker {
             core_affinity::set_for_current(core_affinity::CoreId { id: core });
         }
         let mut idle: u32 = 0;
-        let mut passes: u32 = 0;
         while !self.stop.load(Ordering::Relaxed) {
             let moved = self.pass();
             self.counters.polls.inc();
-            passes = passes.wrapping_add(1);
-            if passes.is_multiple_of(KERNEL_STATS_EVERY) {
+            if self.counters.polls.get().is_multiple_of(KERNEL_STATS_EVERY) {
                 self.copy_kernel_stats();
             }
             if moved > 0 {
