@@ -655,18 +655,7 @@ mod tests {
     fn decap_delivers_to_the_local_pod() {
         let lab = Lab::overlay();
         // What the remote kernel sends: encapsulate with our own encap and swap roles.
-        let inner = udp_frame(
-            REMOTE_VXLAN_MAC,
-            lab.mac(VXLAN),
-            REMOTE_POD_IP,
-            POD60_IP,
-            64,
-            5201,
-            40000,
-            b"reply",
-        );
-        let f = vxlan_frame(&lab, REMOTE_CTL_IP, 2, &inner);
-        let out = lab.run(CTL, f);
+        let out = lab.run(CTL, from_remote(&lab, 5201));
         assert_eq!(out.action, Action::Tx(POD60));
         let eth = EthernetFrame::new_checked(&out.frame[..]).unwrap();
         assert_eq!(eth.dst_addr().0, POD60_MAC);
@@ -754,6 +743,7 @@ mod tests {
 
     // --- The per-worker VXLAN caches (`Cache`) ---
 
+    /// A VNI 2 frame from the remote VTEP carrying UDP from the remote pod to pod60.
     fn from_remote(lab: &Lab, sport: u16) -> Vec<u8> {
         let inner = udp_frame(
             REMOTE_VXLAN_MAC,
