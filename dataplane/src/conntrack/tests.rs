@@ -770,12 +770,10 @@ fn insert_batch(
         .collect()
 }
 
-/// The Kubernetes UDP/DNS race with two workers: every round both insert the same new flows
-/// (each would pick another backend) at the same instant; both must get `Ok` with the same
-/// flow, and exactly one entry is live per flow.
-#[test]
-fn two_racing_inserts_of_one_flow_agree_on_one_entry() {
-    const ROUNDS: u32 = 2000;
+/// `threads` racers insert the same new flows every round (`insert_batch`, checked by
+/// `check_batch`); no round may fail. Returns the table, its stats, and how many flows'
+/// racers were translated differently / losers got their winner still PENDING.
+fn race_same_flows(threads: usize, rounds: u32) -> (Arc<Conntrack>, Stats, u32, u32) {
     let ct = Arc::new(table(64));
     let disagreed = Arc::new(AtomicU32::new(0));
     let d = disagreed.clone();
@@ -783,8 +781,8 @@ fn two_racing_inserts_of_one_flow_agree_on_one_entry() {
     let c = concurrent.clone();
     let failures = race_rounds(
         &ct,
-        2,
-        ROUNDS,
+        threads,
+        rounds,
         move |ct, t, _| insert_batch(ct, t, &c),
         move |ct, round, rs| check_batch(ct, round, &rs, &d),
     );
@@ -794,14 +792,27 @@ fn two_racing_inserts_of_one_flow_agree_on_one_entry() {
         failures.len()
     );
     let s = ct.stats();
+    (
+        ct,
+        s,
+        disagreed.load(Ordering::Relaxed),
+        concurrent.load(Ordering::Relaxed),
+    )
+}
+
+/// The Kubernetes UDP/DNS race with two workers: every round both insert the same new flows
+/// (each would pick another backend) at the same instant; both must get `Ok` with the same
+/// flow, and exactly one entry is live per flow.
+#[test]
+fn two_racing_inserts_of_one_flow_agree_on_one_entry() {
+    const ROUNDS: u32 = 2000;
+    let (ct, s, disagreed, concurrent) = race_same_flows(2, ROUNDS);
     let n = u64::from(ROUNDS) * u64::from(BATCH);
     println!(
         "2 racers: {n} flows ({ROUNDS} rounds x {BATCH}), insert_races {}, insert_lost {}, losers that got the winner still PENDING {}",
-        s.insert_races,
-        s.insert_lost,
-        concurrent.load(Ordering::Relaxed)
+        s.insert_races, s.insert_lost, concurrent
     );
-    assert_eq!(disagreed.load(Ordering::Relaxed), 0);
+    assert_eq!(disagreed, 0);
     assert_eq!((s.inserts, s.insert_races), (n, n));
     assert_eq!(s.entries, 0);
     assert_eq!(drain_free(&ct), 64);
@@ -814,31 +825,11 @@ fn two_racing_inserts_of_one_flow_agree_on_one_entry() {
 fn four_racing_inserts_of_one_flow_make_one_entry() {
     const THREADS: usize = 4;
     const ROUNDS: u32 = 1000;
-    let ct = Arc::new(table(64));
-    let disagreed = Arc::new(AtomicU32::new(0));
-    let d = disagreed.clone();
-    let concurrent = Arc::new(AtomicU32::new(0));
-    let c = concurrent.clone();
-    let failures = race_rounds(
-        &ct,
-        THREADS,
-        ROUNDS,
-        move |ct, t, _| insert_batch(ct, t, &c),
-        move |ct, round, rs| check_batch(ct, round, &rs, &d),
-    );
-    assert!(
-        failures.is_empty(),
-        "{} failed rounds: {failures:?}",
-        failures.len()
-    );
-    let s = ct.stats();
+    let (ct, s, disagreed, concurrent) = race_same_flows(THREADS, ROUNDS);
     let n = u64::from(ROUNDS) * u64::from(BATCH);
     println!(
         "4 racers: {n} flows ({ROUNDS} rounds x {BATCH}), insert_races {}, insert_lost {}, losers that got the winner still PENDING {}, flows whose racers were translated differently {}",
-        s.insert_races,
-        s.insert_lost,
-        concurrent.load(Ordering::Relaxed),
-        disagreed.load(Ordering::Relaxed)
+        s.insert_races, s.insert_lost, concurrent, disagreed
     );
     assert_eq!(s.inserts, n);
     assert_eq!(s.insert_races, n * (THREADS as u64 - 1));
