@@ -161,6 +161,15 @@ impl Tuple {
         }
     }
 
+    /// `src << 32 | dst` and `sport << 16 | dport`: the tuple as a flow cache keys it.
+    #[inline]
+    pub fn addrs_ports(&self) -> (u64, u32) {
+        (
+            (u64::from(u32::from(self.src)) << 32) | u64::from(u32::from(self.dst)),
+            u32::from(self.sport) << 16 | u32::from(self.dport),
+        )
+    }
+
     #[inline]
     fn words(&self) -> (u64, u64) {
         (
@@ -306,6 +315,19 @@ pub struct FlowRef {
     slot: u32,
     reuse: u64,
     key: (u64, u64),
+}
+
+impl FlowRef {
+    /// Names no flow: [`Conntrack::refresh`] refuses it (no slot has this number).
+    pub const NONE: FlowRef = FlowRef {
+        slot: u32::MAX,
+        reuse: 0,
+        key: (0, 0),
+    };
+
+    pub fn is_none(&self) -> bool {
+        self.slot == u32::MAX
+    }
 }
 
 /// Idle timeouts in seconds, per protocol and TCP state.
@@ -701,6 +723,37 @@ pub struct Conntrack {
     stats: Place<CachePadded<SharedStats>>,
     timeouts: TimeoutTable,
     capacity: u32,
+    /// Process-local, not in the shared segment: a successor's workers start after its
+    /// predecessor's have stopped (`control/src/handover.rs`), with empty flow caches.
+    /// See [`Conntrack::live_epoch`].
+    epochs: LiveEpochs,
+}
+
+/// Groups of [`Conntrack::live_epoch`], each on its own cache line: a flow going live bumps
+/// the two lines of its tuples' groups, and a lookup of a flow cache entry reads one.
+const EPOCH_GROUPS: usize = 64;
+
+struct LiveEpochs(Box<[CachePadded<AtomicU64>; EPOCH_GROUPS]>);
+
+impl Default for LiveEpochs {
+    fn default() -> Self {
+        LiveEpochs(Box::new(core::array::from_fn(|_| {
+            CachePadded::new(AtomicU64::new(0))
+        })))
+    }
+}
+
+impl LiveEpochs {
+    #[inline(always)]
+    fn group(&self, addrs: u64, ports: u32) -> &AtomicU64 {
+        let x = (addrs ^ u64::from(ports).rotate_left(17)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        &self.0[(x >> 58) as usize & (EPOCH_GROUPS - 1)]
+    }
+
+    fn bump(&self, t: &Tuple) {
+        let (addrs, ports) = t.addrs_ports();
+        self.group(addrs, ports).fetch_add(1, Ordering::Release);
+    }
 }
 
 impl core::fmt::Debug for Conntrack {
@@ -740,6 +793,7 @@ impl Conntrack {
             stats: Place::heap(CachePadded::new(SharedStats::default())),
             timeouts: TimeoutTable::new(&cfg.timeouts),
             capacity: cap,
+            epochs: LiveEpochs::default(),
         }
     }
 
@@ -753,6 +807,20 @@ impl Conntrack {
 
     pub fn capacity(&self) -> u32 {
         self.capacity
+    }
+
+    /// A count that changes whenever a flow goes live with a tuple of addresses `addrs`
+    /// (`src << 32 | dst`) and ports `ports` (`sport << 16 | dport`), in either direction,
+    /// and now and then for other tuples (64 groups). Read before a lookup that missed, it
+    /// tells later whether the miss may still stand: while the count is unchanged, no flow
+    /// with that tuple has gone live since (the bump follows the LIVE CAS with Release, so
+    /// a reader that sees the old count after its miss saw a table without that flow, and
+    /// one that sees the new count also sees the flow). Nothing else turns a miss into a
+    /// hit: timeouts are fixed, and a slot is only ever read LIVE after its insert.
+    /// `pipeline::flow_cache` keeps untracked flows by it.
+    #[inline(always)]
+    pub fn live_epoch(&self, addrs: u64, ports: u32) -> u64 {
+        self.epochs.group(addrs, ports).load(Ordering::Acquire)
     }
 
     // ----- free stack -----
@@ -1359,6 +1427,8 @@ impl Conntrack {
                     .is_ok()
                 {
                     self.stats.inserts.fetch_add(1, Ordering::Relaxed);
+                    self.epochs.bump(&flow.orig);
+                    self.epochs.bump(&flow.reply);
                     return Some(Ok(Hit {
                         slot: st.slot,
                         dir: Dir::Original,

@@ -371,6 +371,7 @@ impl Conntrack {
                 stats: Place::mapped(map, l.stats),
                 timeouts: TimeoutTable::new(&cfg.timeouts),
                 capacity: cap,
+                epochs: Default::default(),
             }
         }
     }

@@ -1,13 +1,16 @@
-//! A per-worker, direct-mapped cache of tracked flows (VPP/OVS-style): "a packet with this
+//! A per-worker, direct-mapped cache of flows (VPP/OVS-style): "a packet with this
 //! 5-tuple, from this interface and VLAN, belongs to conntrack flow F in direction D and
-//! leaves translated so", remembered by the packet that found F through a full lookup. Its
-//! flow's next packets skip the conntrack hash, bucket scan, seqlock read, the decoding of
-//! the flow, the service checks and the translation's checksum sums: classification asks
-//! here first for an IPv4 frame (after the Ethernet checks), and on a hit checks the IPv4
-//! header itself, translates and routes the packet as a conntrack hit would be. Entries
-//! are filled by `service::tracked` (a full conntrack hit); anti-spoofing, VXLAN
-//! decapsulation and the service stage decided on the key and the snapshot alone then, so
-//! a hit under the same snapshot skips them too (VXLAN's UDP port is never cached).
+//! leaves translated so", or "... is tracked by nothing and leaves untranslated",
+//! remembered by the packet whose full path decided it. A flow's next packets skip the
+//! conntrack hash, bucket scan and seqlock read (or the miss), the decoding of the flow,
+//! the service and masquerade checks and the translation's checksum sums: classification
+//! asks here first for an IPv4 frame (after the Ethernet checks), and on a hit checks the
+//! IPv4 header itself, translates (or not) and routes the packet as the full path would.
+//! Entries are filled by the service stage: `service::tracked` (a conntrack hit) and
+//! `service::untracked` (a miss, no service, no masquerade rule, not to a node address).
+//! Anti-spoofing, VXLAN decapsulation and the service stage decided on the key and the
+//! snapshot alone then, so a hit under the same snapshot skips them too (VXLAN's UDP port
+//! is never cached).
 //!
 //! Worker-private (in [`crate::service::WorkerLocal`]), like `pipeline::nexthop_cache`,
 //! whose stamps it follows: no sharing, no allocation, no atomics written but the flow's own.
@@ -17,21 +20,26 @@
 //!   publication bumps it), so a service or backend change, a removed service or a
 //!   UDP backend that must be rebalanced (`service::still_valid`, decided on the snapshot)
 //!   is seen by the next packet;
-//! - [`Conntrack::refresh`](crate::conntrack::Conntrack::refresh) finds the slot still
-//!   holding the flow (same reuse generation and tuple, so not removed, flushed or reused),
-//!   live and unexpired: exactly what the lookup would have found. It also does the lookup's
-//!   caller's per-packet work: timestamp, TCP state, replied, packet and byte counters.
+//! - tracked: [`Conntrack::refresh`](crate::conntrack::Conntrack::refresh) finds the slot
+//!   still holding the flow (same reuse generation and tuple, so not removed, flushed or
+//!   reused), live and unexpired: exactly what the lookup would have found. It also does
+//!   the lookup's caller's per-packet work: timestamp, TCP state, replied, packet and byte
+//!   counters.
+//! - untracked: [`Conntrack::live_epoch`](crate::conntrack::Conntrack::live_epoch) of the
+//!   tuple is what it was before the lookup that missed, so no flow with the tuple (in
+//!   either direction: a new translation whose reply this packet would be) has gone live
+//!   since, on any worker. Only an insert turns a miss into a hit.
 //! - the packet has the shape the prepared rewrite assumes: TCP or UDP, an IPv4 header
 //!   without options, no fragment offset, the L4 header present; and carries no SYN, FIN
 //!   or RST (connection starts and ends go the full way; the state step is the same).
 //!
 //! Never used while tracing (a trace records every decision and changes nothing). The first
-//! translated packet of an entry is routed by `route::forward`; the entry then keeps the
-//! next-hop cache's egress for the new destination (interface, MTU, MACs), valid while the
-//! neighbour cache's generation is unchanged, and applies it as `route::forward`'s cached
-//! case does (TTL and MTU tests, TTL decrement, MACs, neighbour in-use marks). Anything
-//! else (TTL expiring, too big, an overlay, ECMP or unresolved next hop) is routed by
-//! `route::forward` itself.
+//! packet of an entry is routed by `route::forward`; the entry then keeps the next-hop
+//! cache's egress for the (translated) destination (interface, MTU, MACs or overlay), valid
+//! while the neighbour cache's generation is unchanged, and applies it as `route::forward`'s
+//! cached case does (TTL and MTU tests, TTL decrement, MACs or VXLAN encapsulation,
+//! neighbour in-use marks). Anything else (TTL expiring, too big, ECMP or unresolved next
+//! hop) is routed by `route::forward` itself.
 
 use super::nat::Prepared;
 use super::nexthop_cache::Egress;
@@ -51,6 +59,8 @@ const PROTO_UDP: u8 = 17;
 /// What a hit does to the packet and its flow.
 #[derive(Debug, Clone, Copy, Default)]
 struct Entry {
+    /// `FlowRef::NONE`: an untracked flow (no conntrack entry in either direction, not to a
+    /// service, no masquerade rule), valid while its tuple's `live_epoch` is `Slot::epoch`.
     flow: FlowRef,
     original: bool,
     rewrite: Prepared,
@@ -74,6 +84,8 @@ struct Slot {
     neigh_generation: Cell<u64>,
     /// The last second a hit marked the learned neighbour in use.
     touched_s: Cell<u32>,
+    /// An untracked entry's `Conntrack::live_epoch`, read before the lookup that missed.
+    epoch: Cell<u64>,
 }
 
 impl Slot {
@@ -206,19 +218,19 @@ pub fn fast(frame: &mut Frame, meta: &RxMeta, ctx: &Ctx) -> Option<Action> {
     }
     let total = usize::from(u16::from_be_bytes([h[16], h[17]]));
     let ttl = h[22];
-    let (tcp, flags) = match h[23] {
-        PROTO_TCP if total >= 40 => (true, *data.get(ETH + 20 + 13)?),
-        PROTO_UDP if total >= 28 => (false, 0),
+    let (tcp, l4_min) = match h[23] {
+        PROTO_TCP => (true, 40),
+        PROTO_UDP => (false, 28),
         _ => return None,
     };
-    // `nat::tuple_of`'s conditions for a key, an option-less header, a plain segment, and
+    // `nat::tuple_of`'s conditions for a key, an option-less header, and
     // `Ipv4Packet::new_checked`'s length checks.
-    if h[14] != 0x45
-        || h[20] & 0x1f != 0
-        || h[21] != 0
-        || flags & (SYN | FIN | RST) != 0
-        || ETH + total > len
-    {
+    if h[14] != 0x45 || h[20] & 0x1f != 0 || h[21] != 0 || total < l4_min || ETH + total > len {
+        return None;
+    }
+    // A plain segment (the length checks above keep the TCP flags in the frame).
+    let flags = if tcp { data[ETH + 20 + 13] } else { 0 };
+    if flags & (SYN | FIN | RST) != 0 {
         return None;
     }
     let k = Key::new(k0, ports, meta, tcp);
@@ -247,12 +259,9 @@ pub fn fast(frame: &mut Frame, meta: &RxMeta, ctx: &Ctx) -> Option<Action> {
     } else {
         Dir::Reply
     };
-    if !ctx
-        .shared
-        .conntrack
-        .refresh(e.flow, dir, flags, total as u32, ctx.now_s)
-    {
-        // Gone, reused or expired: the full path decides, and refills if it still hits.
+    let ct = &ctx.shared.conntrack;
+    // An untracked entry's `FlowRef::NONE` names no slot: `refresh` refuses it at once.
+    if !ct.refresh(e.flow, dir, flags, total as u32, ctx.now_s) && !untracked_holds(s, e, ctx) {
         s.snapshot.set(0);
         return None;
     }
@@ -273,6 +282,12 @@ pub fn fast(frame: &mut Frame, meta: &RxMeta, ctx: &Ctx) -> Option<Action> {
             ctx.shared.neigh.touch(eg.neighbour, ctx.now_s);
             s.touched_s.set(ctx.now_s);
         }
+        if let Some(index) = eg.overlay {
+            // A copy: encapsulation may go the full way, and the reference must not outlive
+            // this hit (`Slot::egress_ref`).
+            let eg = *eg;
+            return Some(route::encap_cached(frame, meta, ctx, &eg, index));
+        }
         data[0..6].copy_from_slice(&eg.dst_mac);
         data[6..12].copy_from_slice(&eg.src_mac);
         return Some(Action::Tx(eg.port));
@@ -283,16 +298,27 @@ pub fn fast(frame: &mut Frame, meta: &RxMeta, ctx: &Ctx) -> Option<Action> {
     Some(action)
 }
 
+/// Whether the untracked entry `e` still stands: no flow with its tuple has gone live since
+/// the miss it records (a reply direction of a new translation, on any worker). False for a
+/// tracked entry (whose flow is gone, reused or expired: `refresh` failed). Out of line: the
+/// tracked hit stays as short as it was.
+#[inline(never)]
+fn untracked_holds(s: &Slot, e: &Entry, ctx: &Ctx) -> bool {
+    e.flow.is_none()
+        && s.epoch.get()
+            == ctx
+                .shared
+                .conntrack
+                .live_epoch(s.k0.get(), (s.k1.get() >> 32) as u32)
+}
+
 /// Keeps the next-hop cache's entry for `dst` (just used or filled by `route::forward`) in
-/// the flow's slot, stamped with the neighbour generation read before routing. Overlay
-/// routes stay with `route::forward` (encapsulation has its own cache).
+/// the flow's slot, stamped with the neighbour generation read before routing. An overlay
+/// entry sends hits to encapsulation (`vxlan::encap_cached`, with its own VTEP cache) as
+/// `route::forward`'s cached case does.
 #[inline(never)]
 fn learn_egress(s: &Slot, ctx: &Ctx, dst: core::net::Ipv4Addr, neigh: u64) {
-    let eg = ctx
-        .local
-        .nexthops
-        .get(dst, ctx)
-        .filter(|e| e.overlay.is_none());
+    let eg = ctx.local.nexthops.get(dst, ctx);
     s.egress.set(eg);
     s.neigh_generation.set(neigh);
     s.touched_s.set(ctx.now_s);
@@ -302,6 +328,30 @@ fn learn_egress(s: &Slot, ctx: &Ctx, dst: core::net::Ipv4Addr, neigh: u64) {
 /// conntrack `hit` for tuple `t` whose packets leave as `to`. Nothing while tracing.
 #[inline]
 pub fn fill(data: &[u8], meta: &RxMeta, ctx: &Ctx, t: &Tuple, hit: &Hit, to: &Tuple) {
+    let entry = Entry {
+        flow: hit.flow_ref(),
+        original: hit.dir == Dir::Original,
+        rewrite: Prepared::new(t, to),
+    };
+    store(data, meta, ctx, t, entry, 0);
+}
+
+/// Records that the full path forwards the frame in `data` (TCP or UDP, tuple `t`)
+/// untranslated and routed: conntrack missed (`epoch`: the tuple's `Conntrack::live_epoch`
+/// read before that lookup), no service, no masquerade rule, not to a node address. Nothing
+/// while tracing.
+#[inline]
+pub fn fill_untracked(data: &[u8], meta: &RxMeta, ctx: &Ctx, t: &Tuple, epoch: u64) {
+    let entry = Entry {
+        flow: FlowRef::NONE,
+        original: true,
+        rewrite: Prepared::untranslated(t.dst),
+    };
+    store(data, meta, ctx, t, entry, epoch);
+}
+
+#[inline]
+fn store(data: &[u8], meta: &RxMeta, ctx: &Ctx, t: &Tuple, entry: Entry, epoch: u64) {
     if !ctx.may_mutate() {
         return;
     }
@@ -314,11 +364,8 @@ pub fn fill(data: &[u8], meta: &RxMeta, ctx: &Ctx, t: &Tuple, hit: &Hit, to: &Tu
     s.snapshot.set(snapshot(ctx));
     s.generation.set(ctx.tables.generation);
     s.egress.set(None);
-    s.entry.set(Entry {
-        flow: hit.flow_ref(),
-        original: hit.dir == Dir::Original,
-        rewrite: Prepared::new(t, to),
-    });
+    s.epoch.set(epoch);
+    s.entry.set(entry);
 }
 
 impl FlowCache {
@@ -564,6 +611,96 @@ mod tests {
         assert!(t.hits() > 40, "the cache was used: {} hits", t.hits());
     }
 
+    /// (ingress port, frame) of untranslated traffic: pod60 to pod41 (`to` 0), to a pod on
+    /// the remote node through the overlay (1), to the underlay pod on VLAN 1155 (2), and
+    /// the remote pod's answer arriving in VXLAN (3).
+    fn plain(lab: &Lab, to: usize, sport: u16, proto: u8, flags: u8) -> (PortId, Vec<u8>) {
+        let (src, dst, port) = match to {
+            0 => ((POD60_MAC, POD60_IP), POD41_IP, POD60),
+            1 => ((POD60_MAC, POD60_IP), REMOTE_POD_IP, POD60),
+            2 => ((POD60_MAC, POD60_IP), UPOD_IP, POD60),
+            _ => ((REMOTE_VXLAN_MAC, REMOTE_POD_IP), POD60_IP, VXLAN),
+        };
+        let src = (src.0, src.1, sport);
+        let dst = (lab.mac(port), dst, 7000);
+        let f = if proto == 17 {
+            udp(src, dst)
+        } else {
+            tcp(src, dst, flags)
+        };
+        match port {
+            VXLAN => (CTL, vxlan_frame(lab, REMOTE_CTL_IP, 2, &f)),
+            p => (p, f),
+        }
+    }
+
+    #[test]
+    fn untracked_flows_are_cached_byte_identical_and_add_no_entry() {
+        let t = Twin::new();
+        for to in 0..4 {
+            for proto in [6, 17] {
+                let hits = t.hits();
+                for _ in 0..4 {
+                    let (p, f) = plain(&t.a, to, 41000, proto, ACK_);
+                    let out = t.run(p, &f, 1);
+                    assert!(
+                        matches!(out.action, Action::Tx(_)),
+                        "{to}: {:?}",
+                        out.action
+                    );
+                    assert_valid_l4_any(&out.frame);
+                }
+                assert_eq!(t.hits(), hits + 3, "to {to} proto {proto}");
+            }
+        }
+        assert_eq!(t.a.shared.conntrack.count(), 0);
+    }
+
+    /// A flow cached as untracked whose tuple then becomes the reply of a new translated flow
+    /// (the backend's packets that preceded the client's first one) is translated from then
+    /// on, whichever worker inserted the flow.
+    #[test]
+    fn an_untracked_tuple_that_goes_live_is_translated() {
+        for other_worker in [false, true] {
+            let t = Twin::new();
+            // The reply the client's flow will have, learnt on a scratch node in the same state.
+            let scratch = lab();
+            let (p, syn) = Client::Pod60.to_service(&scratch, 40000, 6, SYN);
+            scratch.run(p, syn.clone());
+            let (rp, early) = reply(&scratch, POD60_IP, 40000, 6, ACK_).unwrap();
+            let hits = t.hits();
+            for _ in 0..3 {
+                let out = t.run(rp, &early, 1);
+                assert_eq!(&out.frame[26..30], &POD41_IP.octets(), "untranslated");
+            }
+            assert_eq!(t.hits(), hits + 2, "cached as untracked");
+            if other_worker {
+                // Another worker of node a starts the flow; node b's single worker does.
+                let worker = crate::service::WorkerLocal::default();
+                let ctx = Ctx {
+                    local: &worker,
+                    ..t.a.ctx()
+                };
+                let mut buf = vec![0u8; 4096];
+                buf[HEADROOM..HEADROOM + syn.len()].copy_from_slice(&syn);
+                let mut frame = Frame::new(&mut buf, HEADROOM, syn.len());
+                let meta = RxMeta {
+                    port: p,
+                    vlan: None,
+                };
+                super::super::process(&mut frame, &meta, &ctx);
+                t.b.run(p, syn.clone());
+            } else {
+                t.run(p, &syn, 1);
+            }
+            let hits = t.hits();
+            let out = t.run(rp, &early, 1);
+            assert_eq!(t.hits(), hits, "the full path");
+            assert_eq!(&out.frame[26..30], &VIP.octets(), "de-DNATed");
+            assert_eq!(&out.frame[34..36], &80u16.to_be_bytes());
+        }
+    }
+
     /// [`assert_valid_l4`] for a frame that may be tagged or VXLAN-encapsulated.
     fn assert_valid_l4_any(frame: &[u8]) {
         if frame[12..14] == [0x81, 0x00] {
@@ -782,6 +919,20 @@ mod tests {
         NeighMac(bool),
         DropBackend(usize),
         Later(u32),
+        /// Untranslated traffic ([`plain`]).
+        Plain {
+            to: usize,
+            sport: u16,
+            udp: bool,
+            flags: u8,
+        },
+        /// A backend's packet to a client port before (or after) the client's flow exists:
+        /// the reply tuple of a flow that a scratch node would create.
+        Early {
+            client: usize,
+            sport: u16,
+            udp: bool,
+        },
     }
 
     fn op() -> impl Strategy<Value = Op> {
@@ -804,6 +955,10 @@ mod tests {
             1 => any::<bool>().prop_map(Op::NeighMac),
             1 => (0..3usize).prop_map(Op::DropBackend),
             1 => (0..40u32).prop_map(Op::Later),
+            4 => (0..4usize, 40000..40004u16, any::<bool>(), prop::sample::select(vec![ACK_, SYN, FIN | ACK_]))
+                .prop_map(|(to, sport, udp, flags)| Op::Plain { to, sport, udp, flags }),
+            3 => (0..2usize, 40000..40004u16, any::<bool>())
+                .prop_map(|(client, sport, udp)| Op::Early { client, sport, udp }),
         ]
     }
 
@@ -896,6 +1051,20 @@ mod tests {
                         republish(lab, bs.clone(), bs);
                     }),
                     Op::Later(s) => now += s,
+                    Op::Plain { to, sport, udp, flags } => {
+                        let (p, f) = plain(&t.a, to, sport, if udp { 17 } else { 6 }, flags);
+                        t.run(p, &f, now);
+                    }
+                    Op::Early { client, sport, udp } => {
+                        let proto = if udp { 17 } else { 6 };
+                        let scratch = lab();
+                        let c = CLIENTS[client];
+                        let (p, f) = c.to_service(&scratch, sport, proto, if udp { 0 } else { SYN });
+                        scratch.run(p, f);
+                        if let Some((p, f)) = reply(&scratch, c.addr(), sport, proto, ACK_) {
+                            t.run(p, &f, now);
+                        }
+                    }
                 }
             }
         }

@@ -166,6 +166,8 @@ pub struct Prepared {
     addr_delta: u64,
     l4_delta: u64,
     addrs_change: bool,
+    /// False for [`Prepared::untranslated`]: the L4 header is left as it is.
+    l4: bool,
 }
 
 impl Prepared {
@@ -186,6 +188,16 @@ impl Prepared {
             addr_delta,
             l4_delta: addr_delta + u64::from(!old_ports) + u64::from(ports),
             addrs_change: os != ns || od != nd,
+            l4: true,
+        }
+    }
+
+    /// For the packets to `dst` of a flow that is not translated at all (no [`rewrite`]):
+    /// `apply` only decrements the TTL, as routing does.
+    pub fn untranslated(dst: Ipv4Addr) -> Prepared {
+        Prepared {
+            dst: u32::from(dst).to_be(),
+            ..Prepared::default()
         }
     }
 
@@ -224,6 +236,9 @@ impl Prepared {
         if self.addrs_change {
             h[12..16].copy_from_slice(&self.src.to_ne_bytes());
             h[16..20].copy_from_slice(&self.dst.to_ne_bytes());
+        }
+        if !self.l4 {
+            return;
         }
         if tcp {
             let Some(h) = l3.first_chunk_mut::<40>() else {

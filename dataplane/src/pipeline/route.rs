@@ -44,7 +44,13 @@ pub fn forward(frame: &mut Frame, meta: &RxMeta, ctx: &Ctx) -> Action {
 /// A cached route into an overlay: encapsulation (from the worker's VTEP entry when it has
 /// one, `vxlan::encap_cached`).
 #[inline(never)]
-fn encap_cached(frame: &mut Frame, meta: &RxMeta, ctx: &Ctx, e: &Egress, index: u16) -> Action {
+pub(super) fn encap_cached(
+    frame: &mut Frame,
+    meta: &RxMeta,
+    ctx: &Ctx,
+    e: &Egress,
+    index: u16,
+) -> Action {
     super::vxlan::encap_cached(frame, meta, ctx, e, index)
 }
 

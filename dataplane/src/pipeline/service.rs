@@ -67,6 +67,9 @@ pub fn run(frame: &mut Frame, meta: &RxMeta, ctx: &Ctx) -> Next {
         return Next::Continue;
     };
     let bytes = ip.total_len() as u32;
+    // Before the lookup, so that a flow going live after it shows (`fill_untracked`).
+    let (addrs, ports) = t.addrs_ports();
+    let epoch = ctx.shared.conntrack.live_epoch(addrs, ports);
     if let Some(hit) = ctx.shared.conntrack.lookup(&t, ctx.now_s) {
         if still_valid(&hit, ctx) {
             return tracked(frame, meta, ctx, &t, &hit, flags, bytes);
@@ -79,7 +82,7 @@ pub fn run(frame: &mut Frame, meta: &RxMeta, ctx: &Ctx) -> Next {
     }
     let services = &ctx.tables.services;
     if services.is_inert() {
-        return Next::Continue;
+        return untracked(frame, meta, ctx, &t, epoch);
     }
     if t.proto == u8::from(IpProtocol::Icmp) {
         if services.is_vip(t.dst) {
@@ -90,15 +93,26 @@ pub fn run(frame: &mut Frame, meta: &RxMeta, ctx: &Ctx) -> Next {
             }
             return Next::Done(Action::Drop(DropReason::VipNoService));
         }
-        return masquerade_only(frame, meta, ctx, &t, flags, bytes);
+        return masquerade_only(frame, meta, ctx, &t, flags, bytes, epoch);
     }
     match services.lookup_with(t.dst, t.dport, t.proto, || ctx.tables.is_local(t.dst)) {
         Some((svc, fe)) => new_flow(frame, meta, ctx, svc, fe, &t, flags, bytes),
         None if services.is_vip(t.dst) => Next::Done(Action::Drop(DropReason::VipNoService)),
         // A reply of a flow the flood guard did not track (`pipeline::flood`).
         None => super::flood::reply(frame, ctx, &t)
-            .unwrap_or_else(|| masquerade_only(frame, meta, ctx, &t, flags, bytes)),
+            .unwrap_or_else(|| masquerade_only(frame, meta, ctx, &t, flags, bytes, epoch)),
     }
+}
+
+/// A flow this stage leaves alone (conntrack missed with `epoch`, not to a service, no
+/// masquerade rule): routed untranslated unless it is for the node, which the flow cache then
+/// remembers so that its next packets skip this stage.
+#[inline]
+fn untracked(frame: &Frame, meta: &RxMeta, ctx: &Ctx, t: &Tuple, epoch: u64) -> Next {
+    if !ctx.tables.is_local(t.dst) {
+        super::flow_cache::fill_untracked(frame.data(), meta, ctx, t, epoch);
+    }
+    Next::Continue
 }
 
 /// B14: a UDP entry must not keep sending to a backend that was removed from its service
@@ -262,6 +276,7 @@ fn new_flow(
 /// outside the cluster) is source-NATed and tracked; everything else passes untouched and
 /// untracked.
 #[inline]
+#[allow(clippy::too_many_arguments)]
 fn masquerade_only(
     frame: &mut Frame,
     meta: &RxMeta,
@@ -269,14 +284,16 @@ fn masquerade_only(
     t: &Tuple,
     flags: u8,
     bytes: u32,
+    epoch: u64,
 ) -> Next {
     // Most nodes forward most traffic untranslated: no rules, no call.
     if ctx.tables.services.masquerade.is_empty() {
-        return Next::Continue;
+        return untracked(frame, meta, ctx, t, epoch);
     }
-    masquerade_rules(frame, meta, ctx, t, flags, bytes)
+    masquerade_rules(frame, meta, ctx, t, flags, bytes, epoch)
 }
 
+#[allow(clippy::too_many_arguments)]
 #[inline(never)]
 fn masquerade_rules(
     frame: &mut Frame,
@@ -285,6 +302,7 @@ fn masquerade_rules(
     t: &Tuple,
     flags: u8,
     bytes: u32,
+    epoch: u64,
 ) -> Next {
     let Some(r) = ctx
         .tables
@@ -293,7 +311,7 @@ fn masquerade_rules(
         .iter()
         .find(|r| r.matches(t.src, t.dst, meta.port, meta.vlan))
     else {
-        return Next::Continue;
+        return untracked(frame, meta, ctx, t, epoch);
     };
     // Only the first packet of a flow starts tracking, as in netfilter: ICMP echo replies
     // or TCP segments of flows we never saw pass untouched.
