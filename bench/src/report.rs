@@ -1,7 +1,7 @@
 //! The results folder: `report.md` (tables), `raw.json` (every trial), and hand-written SVG
 //! plots (latency CDF per scenario, rate against a swept parameter).
 
-use crate::scenarios::ScenarioResult;
+use crate::scenarios::{self, ScenarioResult};
 use serde::{Deserialize, Serialize};
 use std::fmt::Write as _;
 use std::path::Path;
@@ -101,6 +101,9 @@ pub fn markdown(r: &Report) -> String {
             }
             let _ = writeln!(s);
         }
+        if !sc.ladders.is_empty() {
+            ladder_tables(&mut s, sc);
+        }
         if !sc.sweep.is_empty() {
             let axis = sc.sweep_axis.as_deref().unwrap_or("x");
             let mut series: Vec<&str> = Vec::new();
@@ -144,6 +147,158 @@ pub fn markdown(r: &Report) -> String {
         }
     }
     s
+}
+
+/// The forwarding-rate ladder of a scenario: MFR/PDR per variant, their ratios, and offered
+/// → forwarded per load and phase.
+fn ladder_tables(s: &mut String, sc: &ScenarioResult) {
+    let pdr_pct = scenarios::PDR_LOSS * 100.0;
+    let _ = writeln!(
+        s,
+        "**Forwarding-rate ladder** (RFC 2285 MFR: the highest median forwarded rate over the offered loads; PDR: the highest offered load with median loss ≤ {pdr_pct} %; ≥: no loss even at the top load, a bound set by the generator). Rates are what the generator achieved, not what was asked.\n"
+    );
+    let _ = writeln!(
+        s,
+        "| variant | MFR Mpps | offered at MFR Mpps | PDR ({pdr_pct} %) Mpps | generator G Mpps | trials |\n|---|---:|---:|---:|---:|---:|"
+    );
+    for l in &sc.ladders {
+        for v in &l.variants {
+            if let Some(e) = v.error.as_ref().or(l.error.as_ref()) {
+                let _ = writeln!(
+                    s,
+                    "| {} | FAILED: {} ||||||",
+                    v.name,
+                    e.replace('|', "/").replace('\n', " ")
+                );
+                continue;
+            }
+            let pdr = if v.pdr_pps <= 0.0 {
+                "–".to_string()
+            } else if v.pdr_at_top {
+                format!("≥ {}", mpps(v.pdr_pps))
+            } else {
+                mpps(v.pdr_pps)
+            };
+            let n = l.trials.iter().filter(|t| t.variant == v.name).count();
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {} | {} | {} |",
+                v.name,
+                mpps(v.mfr_pps),
+                mpps(v.mfr_offered_pps),
+                pdr,
+                mpps(l.capacity_pps),
+                n
+            );
+        }
+    }
+    let _ = writeln!(s);
+    if !sc.ladder_ratios.is_empty() {
+        let _ = writeln!(s, "| ratio (ladder) | MFR | PDR |\n|---|---:|---:|");
+        let f = |r: Option<f64>, bound: bool| match r {
+            Some(x) if bound => format!("{x:.2} (bound)"),
+            Some(x) => format!("{x:.2}"),
+            None => "–".into(),
+        };
+        for r in &sc.ladder_ratios {
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} |",
+                r.name,
+                f(r.mfr, false),
+                f(r.pdr, r.pdr_bound)
+            );
+        }
+        let _ = writeln!(s);
+    }
+    for l in &sc.ladders {
+        if l.variants.is_empty() {
+            continue;
+        }
+        let _ = writeln!(
+            s,
+            "Ladder, {} phase: G = {} Mpps, {} load(s) × {} repeat(s) × {} s, variants interleaved per load; cells: median offered → median forwarded Mpps (median loss); * = the generator offered < {:.0} % of the rate asked. {:.0} s of wall time.\n",
+            l.phase,
+            mpps(l.capacity_pps),
+            l.loads.len(),
+            l.repeats,
+            l.secs,
+            scenarios::LADDER_SHORT * 100.0,
+            l.wall_secs
+        );
+        let _ = write!(s, "| load × G | asked Mpps |");
+        for v in &l.variants {
+            let _ = write!(s, " {} |", v.name);
+        }
+        let _ = write!(s, "\n|---:|---:|");
+        for _ in &l.variants {
+            let _ = write!(s, "---:|");
+        }
+        let _ = writeln!(s);
+        for (i, load) in l.loads.iter().enumerate() {
+            let frac = if l.capacity_pps > 0.0 {
+                format!("{:.2}", load / l.capacity_pps)
+            } else {
+                "–".into()
+            };
+            let _ = write!(s, "| {frac} | {} |", mpps(*load));
+            for v in &l.variants {
+                match v.steps.get(i) {
+                    Some(st) => {
+                        let short = if st.offered_pps < st.requested_pps * scenarios::LADDER_SHORT {
+                            "*"
+                        } else {
+                            ""
+                        };
+                        let _ = write!(
+                            s,
+                            " {}{short} → {} ({:.2} %) |",
+                            mpps(st.offered_pps),
+                            mpps(st.forwarded_pps),
+                            st.loss * 100.0
+                        );
+                    }
+                    None => {
+                        let _ = write!(s, " – |");
+                    }
+                }
+            }
+            let _ = writeln!(s);
+        }
+        let _ = writeln!(s);
+    }
+    let _ = writeln!(s, "![{} ladder]({}-ladder.svg)\n", sc.name, sc.name);
+}
+
+/// Forwarded against offered rate per ladder variant (medians), with the no-loss diagonal.
+fn ladder_svg(sc: &ScenarioResult) -> String {
+    let mut series: Vec<(String, Vec<(f64, f64)>)> = sc
+        .ladders
+        .iter()
+        .flat_map(|l| l.variants.iter())
+        .filter(|v| !v.steps.is_empty())
+        .map(|v| {
+            (
+                v.name.clone(),
+                v.steps
+                    .iter()
+                    .map(|st| (st.offered_pps / 1e6, st.forwarded_pps / 1e6))
+                    .collect(),
+            )
+        })
+        .collect();
+    let top = series
+        .iter()
+        .flat_map(|s| s.1.iter().map(|p| p.0))
+        .fold(0.0f64, f64::max);
+    series.push(("no loss".into(), vec![(0.0, 0.0), (top, top)]));
+    svg_lines(
+        &format!("{}: forwarding-rate ladder (medians)", sc.name),
+        "offered Mpps",
+        "forwarded Mpps",
+        &series,
+        false,
+    )
 }
 
 const COLORS: [&str; 8] = [
@@ -321,6 +476,9 @@ pub fn write(dir: &Path, r: &Report) -> anyhow::Result<()> {
                     true,
                 ),
             )?;
+        }
+        if !sc.ladders.is_empty() {
+            std::fs::write(dir.join(format!("{}-ladder.svg", sc.name)), ladder_svg(sc))?;
         }
         if !sc.sweep.is_empty() {
             let mut names: Vec<String> = Vec::new();

@@ -42,6 +42,12 @@ pub struct Timing {
     pub search_secs: f64,
     pub search_trials: u32,
     pub latency_secs: f64,
+    /// Seconds of each rated trial of a forwarding-rate [`ladder`].
+    #[serde(default)]
+    pub ladder_secs: f64,
+    /// Trials per variant and offered load of a [`ladder`] (their median counts).
+    #[serde(default)]
+    pub ladder_repeats: u32,
 }
 
 impl Timing {
@@ -53,6 +59,8 @@ impl Timing {
             search_secs: 1.0,
             search_trials: 5,
             latency_secs: 1.5,
+            ladder_secs: 1.0,
+            ladder_repeats: 3,
         }
     }
     /// The CI suite (< 5 min for every scenario): 2 bisection steps, half-second trials.
@@ -62,6 +70,8 @@ impl Timing {
             search_secs: 0.4,
             search_trials: 2,
             latency_secs: 0.4,
+            ladder_secs: 0.4,
+            ladder_repeats: 1,
         }
     }
     /// The `#[test]`: numbers exist, nothing more.
@@ -71,6 +81,8 @@ impl Timing {
             search_secs: 0.3,
             search_trials: 1,
             latency_secs: 0.3,
+            ladder_secs: 0.3,
+            ladder_repeats: 1,
         }
     }
 }
@@ -666,11 +678,65 @@ pub struct ScenarioResult {
     pub sweep: Vec<(f64, String, f64)>,
     pub sweep_axis: Option<String>,
     pub notes: Vec<String>,
+    /// Forwarding-rate ladders ([`ladder`]), one per DUT phase.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ladders: Vec<LadderResult>,
+    /// Same-run ratios of the ladders' MFR and PDR ([`ScenarioResult::ladder_ratio`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ladder_ratios: Vec<LadderRatio>,
 }
 
 impl ScenarioResult {
     pub fn variant(&self, name: &str) -> Option<&VariantResult> {
         self.variants.iter().find(|v| v.name == name)
+    }
+
+    /// A variant of any of the ladders.
+    pub fn ladder_variant(&self, name: &str) -> Option<&LadderVariant> {
+        self.ladders
+            .iter()
+            .flat_map(|l| l.variants.iter())
+            .find(|v| v.name == name)
+    }
+
+    /// Adds a ladder; its failures also fail the variant of the same name (or, with no such
+    /// variant, are added as one), so the runner reports the scenario as broken.
+    pub fn push_ladder(&mut self, l: LadderResult) {
+        for lv in &l.variants {
+            let Some(e) = lv.error.as_ref().or(l.error.as_ref()) else {
+                continue;
+            };
+            let e = format!("ladder: {e}");
+            match self.variants.iter_mut().find(|v| v.name == lv.name) {
+                Some(v) => {
+                    v.error.get_or_insert(e);
+                }
+                None => self.variants.push(VariantResult {
+                    name: lv.name.clone(),
+                    error: Some(e),
+                    ..Default::default()
+                }),
+            }
+        }
+        self.ladders.push(l);
+    }
+
+    /// Adds `a/b` of the ladders' MFR and PDR, when both variants exist and did not fail.
+    pub fn ladder_ratio(&mut self, a: &str, b: &str) {
+        let (Some(x), Some(y)) = (self.ladder_variant(a), self.ladder_variant(b)) else {
+            return;
+        };
+        if x.error.is_some() || y.error.is_some() {
+            return;
+        }
+        let div = |p: f64, q: f64| (p > 0.0 && q > 0.0).then(|| p / q);
+        let r = LadderRatio {
+            name: format!("{a}/{b}"),
+            mfr: div(x.mfr_pps, y.mfr_pps),
+            pdr: div(x.pdr_pps, y.pdr_pps),
+            pdr_bound: x.pdr_at_top || y.pdr_at_top,
+        };
+        self.ladder_ratios.push(r);
     }
 
     /// Adds `label` (default `a/b`) = a's rate over b's, for max and zero-loss rates, when
@@ -781,4 +847,440 @@ pub fn measure(
 pub fn variant_budget(env: &Env) -> f64 {
     let t = &env.timing;
     t.max_secs + f64::from(t.search_trials) * (t.search_secs + 15.0) + t.latency_secs + 40.0
+}
+
+/// Offered loads of a forwarding-rate ladder, as fractions of the generator's capacity.
+pub const LADDER_FRACTIONS: [f64; 6] = [0.35, 0.5, 0.65, 0.8, 0.9, 1.0];
+
+/// Partial-drop rate threshold: a load passes when its median loss is at most 0.5 %. The
+/// 0.01 % of [`NDR_LOSS`] is a handful of packets per trial here, i.e. noise.
+pub const PDR_LOSS: f64 = 5e-3;
+
+/// A rated trial that offered less than this fraction of its rate is reported as short.
+pub const LADDER_SHORT: f64 = 0.97;
+
+/// One trial of a ladder, with its place in it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct LadderTrial {
+    pub variant: String,
+    /// Index into [`LadderResult::loads`].
+    pub step: usize,
+    pub repeat: u32,
+    /// Offered rate asked for.
+    pub requested_pps: f64,
+    /// What the generator achieved (sent / its sending time).
+    pub offered_pps: f64,
+    /// [`Trial::rx_pps`]: received by the sink over the generator's sending time.
+    pub forwarded_pps: f64,
+    pub loss: f64,
+    pub trial: Trial,
+}
+
+/// One variant at one offered load: medians over the repeats.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct LadderStep {
+    pub requested_pps: f64,
+    pub offered_pps: f64,
+    pub forwarded_pps: f64,
+    pub loss: f64,
+    pub trials: u32,
+}
+
+/// One variant's ladder.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct LadderVariant {
+    pub name: String,
+    /// Per load, in the order of [`LadderResult::loads`] (a failed variant may have fewer).
+    pub steps: Vec<LadderStep>,
+    /// Maximum forwarding rate (RFC 2285): the highest median forwarded rate over the loads.
+    pub mfr_pps: f64,
+    /// Median offered rate of the load where the MFR was reached.
+    pub mfr_offered_pps: f64,
+    /// Partial-drop rate: the median offered rate of the highest load whose median loss is at
+    /// most [`PDR_LOSS`]; 0 when none.
+    pub pdr_pps: f64,
+    /// The PDR is the top load: the DUT kept up with all the generator offered, so the PDR
+    /// (and likely the MFR) is a lower bound set by the generator.
+    pub pdr_at_top: bool,
+    pub error: Option<String>,
+}
+
+/// A forwarding-rate ladder over one running DUT ([`ladder`], [`ladder_phase`]).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct LadderResult {
+    /// Which DUT ran (`afgate`, `kernel`).
+    pub phase: String,
+    /// The generator's capacity the loads derive from ([`generator_capacity`]), and the trial
+    /// that measured it.
+    pub capacity_pps: f64,
+    pub calibration: Option<Trial>,
+    /// Offered rates asked for, ascending.
+    pub loads: Vec<f64>,
+    pub repeats: u32,
+    pub secs: f64,
+    pub variants: Vec<LadderVariant>,
+    /// Every trial, in the order run.
+    pub trials: Vec<LadderTrial>,
+    /// Seconds from the first trial to the last, overheads included.
+    pub wall_secs: f64,
+    /// The ladder stopped early (interrupted, calibration failed).
+    pub error: Option<String>,
+}
+
+/// `a/b` of two ladder variants' MFR and PDR (`None` where either side has none).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct LadderRatio {
+    pub name: String,
+    pub mfr: Option<f64>,
+    pub pdr: Option<f64>,
+    /// One side's PDR is a lower bound ([`LadderVariant::pdr_at_top`]).
+    pub pdr_bound: bool,
+}
+
+fn median(mut xs: Vec<f64>) -> f64 {
+    if xs.is_empty() {
+        return 0.0;
+    }
+    xs.sort_by(f64::total_cmp);
+    let n = xs.len();
+    if n % 2 == 1 {
+        xs[n / 2]
+    } else {
+        (xs[n / 2 - 1] + xs[n / 2]) / 2.0
+    }
+}
+
+/// The generator's capacity for `run`'s traffic: one trial asking for `env.max_pps`. Rated on
+/// purpose: rated trials always use the `xsk` engine, while an unrated one may use the much
+/// faster in-kernel engine, whose rate the ladder's rated steps could never offer.
+pub fn generator_capacity(env: &Env, run: &mut TrialFn) -> Result<Trial> {
+    crate::runner::check_interrupted()?;
+    let t = run(Some(env.max_pps), env.timing.ladder_secs)?;
+    if t.generator.sent == 0 {
+        bail!("the generator sent nothing");
+    }
+    Ok(t)
+}
+
+/// A forwarding-rate ladder (RFC 2285 maximum forwarding rate, RFC 2544-style per-load
+/// comparison) of variants served by one running DUT. For each load in `loads` (packets per
+/// second, ascending) and each of `repeats`, every variant runs one rated trial of
+/// `env.timing.ladder_secs`, the variants interleaved — one after the other at the same
+/// load, the order rotated per repeat and load — so a slow drift of the machine hits all of
+/// them alike. Per variant and load the medians over the repeats count: MFR = the highest
+/// median forwarded rate, PDR = the offered rate of the highest load with median loss ≤
+/// [`PDR_LOSS`]. A failing trial stops its variant (recorded in its `error`), not the
+/// others; an interruption stops the ladder (`error`).
+pub fn ladder(
+    env: &Env,
+    variants: &mut [(&str, &mut TrialFn)],
+    loads: &[f64],
+    repeats: u32,
+    progress: &dyn Fn(&str),
+) -> LadderResult {
+    let secs = env.timing.ladder_secs;
+    let repeats = repeats.max(1);
+    let n = variants.len();
+    let mut res = LadderResult {
+        loads: loads.to_vec(),
+        repeats,
+        secs,
+        variants: variants
+            .iter()
+            .map(|(name, _)| LadderVariant {
+                name: (*name).to_string(),
+                ..Default::default()
+            })
+            .collect(),
+        ..Default::default()
+    };
+    let t0 = std::time::Instant::now();
+    'ladder: for (step, &load) in loads.iter().enumerate() {
+        for rep in 0..repeats {
+            for k in 0..n {
+                let i = (k + rep as usize + step) % n;
+                if res.variants[i].error.is_some() {
+                    continue;
+                }
+                if let Err(e) = crate::runner::check_interrupted() {
+                    res.error = Some(format!("{e:#}"));
+                    break 'ladder;
+                }
+                let name = variants[i].0;
+                match (variants[i].1)(Some(load), secs) {
+                    Ok(t) => {
+                        let lt = LadderTrial {
+                            variant: name.to_string(),
+                            step,
+                            repeat: rep,
+                            requested_pps: load,
+                            offered_pps: t.generator.offered_pps,
+                            forwarded_pps: t.rx_pps(),
+                            loss: t.loss,
+                            trial: t,
+                        };
+                        progress(&format!(
+                            "ladder {}/{} repeat {}/{} {name}: asked {:.3}, offered {:.3}, forwarded {:.3} Mpps, loss {:.2} %{}",
+                            step + 1,
+                            loads.len(),
+                            rep + 1,
+                            repeats,
+                            load / 1e6,
+                            lt.offered_pps / 1e6,
+                            lt.forwarded_pps / 1e6,
+                            lt.loss * 100.0,
+                            if lt.offered_pps < load * LADDER_SHORT {
+                                " (generator short)"
+                            } else {
+                                ""
+                            }
+                        ));
+                        res.trials.push(lt);
+                    }
+                    Err(e) => {
+                        progress(&format!("ladder {name}: FAILED: {e:#}"));
+                        res.variants[i].error = Some(format!("{e:#}"));
+                    }
+                }
+            }
+        }
+    }
+    res.wall_secs = t0.elapsed().as_secs_f64();
+    for v in &mut res.variants {
+        for (step, &load) in loads.iter().enumerate() {
+            let ts: Vec<&LadderTrial> = res
+                .trials
+                .iter()
+                .filter(|t| t.variant == v.name && t.step == step)
+                .collect();
+            if ts.is_empty() {
+                break;
+            }
+            let st = LadderStep {
+                requested_pps: load,
+                offered_pps: median(ts.iter().map(|t| t.offered_pps).collect()),
+                forwarded_pps: median(ts.iter().map(|t| t.forwarded_pps).collect()),
+                loss: median(ts.iter().map(|t| t.loss).collect()),
+                trials: ts.len() as u32,
+            };
+            if st.forwarded_pps > v.mfr_pps {
+                v.mfr_pps = st.forwarded_pps;
+                v.mfr_offered_pps = st.offered_pps;
+            }
+            if st.loss <= PDR_LOSS {
+                v.pdr_pps = st.offered_pps;
+                v.pdr_at_top = step + 1 == loads.len();
+            }
+            v.steps.push(st);
+        }
+        if v.error.is_none() && res.error.is_none() && v.mfr_pps <= 0.0 {
+            v.error = Some(format!("nothing went through {} in the ladder", v.name));
+        }
+    }
+    res
+}
+
+/// A whole ladder over a DUT that is already running (`dut` as for [`trial`]): the
+/// generator's capacity G measured with the first variant's traffic, loads
+/// [`LADDER_FRACTIONS`] × G, then [`ladder`] with `env.timing.ladder_repeats`.
+pub fn ladder_phase(
+    env: &Env,
+    lab: &BenchLab,
+    dut: Dut,
+    phase: &str,
+    variants: &[(&str, &Traffic)],
+    progress: &dyn Fn(&str),
+) -> LadderResult {
+    let p = |m: &str| progress(&format!("{phase}: {m}"));
+    let mut fns: Vec<Box<TrialFn>> = variants
+        .iter()
+        .map(|&(_, traffic)| {
+            Box::new(move |rate: Option<f64>, secs: f64| trial(env, lab, dut, traffic, rate, secs))
+                as Box<TrialFn>
+        })
+        .collect();
+    let cal = match fns.first_mut() {
+        Some(f) => generator_capacity(env, f.as_mut()),
+        None => Err(anyhow::anyhow!("no variants")),
+    };
+    let cal = match cal {
+        Ok(t) => t,
+        Err(e) => {
+            p(&format!("ladder: generator capacity FAILED: {e:#}"));
+            return LadderResult {
+                phase: phase.into(),
+                variants: variants
+                    .iter()
+                    .map(|(n, _)| LadderVariant {
+                        name: (*n).into(),
+                        ..Default::default()
+                    })
+                    .collect(),
+                error: Some(format!("generator capacity: {e:#}")),
+                ..Default::default()
+            };
+        }
+    };
+    let g = cal.generator.offered_pps;
+    p(&format!(
+        "ladder: generator capacity {:.3} Mpps ({}), loads {:?} × G",
+        g / 1e6,
+        variants[0].0,
+        LADDER_FRACTIONS
+    ));
+    let loads: Vec<f64> = LADDER_FRACTIONS.iter().map(|f| f * g).collect();
+    let mut vs: Vec<(&str, &mut TrialFn)> = variants
+        .iter()
+        .zip(fns.iter_mut())
+        .map(|(&(name, _), f)| (name, f.as_mut()))
+        .collect();
+    let mut res = ladder(env, &mut vs, &loads, env.timing.ladder_repeats, &p);
+    res.phase = phase.into();
+    res.capacity_pps = g;
+    res.calibration = Some(cal);
+    res
+}
+
+/// Upper bound of one [`ladder_phase`] of `n` variants in seconds, for the `--duration` of
+/// the DUT serving it.
+pub fn ladder_budget(env: &Env, n: usize) -> f64 {
+    let t = &env.timing;
+    let trials = LADDER_FRACTIONS.len() * n * t.ladder_repeats.max(1) as usize + 1;
+    trials as f64 * (t.ladder_secs + 15.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::RefCell;
+
+    fn env() -> Env {
+        Env {
+            bench_bin: PathBuf::new(),
+            xskfwd_bin: PathBuf::new(),
+            afgate_bin: PathBuf::new(),
+            timing: Timing::full(),
+            load_core: 1,
+            dut_core: 0,
+            max_pps: 30e6,
+            engine: Engine::Xsk,
+            threaded_napi: false,
+        }
+    }
+
+    /// A trial that offered `offered` for one second and delivered `fwd` of it.
+    fn fake(offered: f64, fwd: f64) -> Trial {
+        let sent = offered as u64;
+        let received = fwd as u64;
+        Trial {
+            generator: GenReport {
+                sent,
+                secs: 1.0,
+                offered_pps: offered,
+                ..Default::default()
+            },
+            sink: SinkReport {
+                received,
+                ..Default::default()
+            },
+            loss: 1.0 - received as f64 / sent as f64,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn ladder_interleaves_and_takes_medians() {
+        let calls = RefCell::new(Vec::new());
+        let n_a = RefCell::new(0u32);
+        // a: lossless to 200 kpps, then collapses under overload; one outlier trial at
+        // 100 kpps must not move the median.
+        let mut a = |rate: Option<f64>, _secs: f64| -> Result<Trial> {
+            let r = rate.unwrap();
+            calls.borrow_mut().push(("a", r));
+            *n_a.borrow_mut() += 1;
+            Ok(match r as u64 {
+                100_000 if *n_a.borrow() == 2 => fake(r, 10_000.0),
+                100_000 | 200_000 => fake(r, r),
+                _ => fake(r * 0.9, 150_000.0),
+            })
+        };
+        // b: the generator falls short at the top and b keeps up with all of it.
+        let mut b = |rate: Option<f64>, _secs: f64| -> Result<Trial> {
+            let r = rate.unwrap();
+            calls.borrow_mut().push(("b", r));
+            let off = r.min(250_000.0);
+            Ok(fake(off, off))
+        };
+        // c: fails at the second load; the others go on.
+        let mut c = |rate: Option<f64>, _secs: f64| -> Result<Trial> {
+            let r = rate.unwrap();
+            calls.borrow_mut().push(("c", r));
+            if r > 150_000.0 {
+                bail!("boom");
+            }
+            Ok(fake(r, r))
+        };
+        let loads = [100_000.0, 200_000.0, 300_000.0];
+        let mut vs: Vec<(&str, &mut TrialFn)> = vec![("a", &mut a), ("b", &mut b), ("c", &mut c)];
+        let l = ladder(&env(), &mut vs, &loads, 3, &|_| {});
+        drop(vs);
+        let calls = calls.into_inner();
+
+        // Load by load, every live variant once per repeat, the order rotating.
+        let rates: Vec<f64> = calls.iter().map(|c| c.1).collect();
+        assert!(rates.windows(2).all(|w| w[0] <= w[1]), "{calls:?}");
+        assert_eq!(
+            calls[..3].iter().map(|c| c.0).collect::<Vec<_>>(),
+            ["a", "b", "c"]
+        );
+        assert_eq!(
+            calls[3..6].iter().map(|c| c.0).collect::<Vec<_>>(),
+            ["b", "c", "a"]
+        );
+        assert_eq!(calls.iter().filter(|c| c.0 == "c").count(), 4);
+        assert_eq!(l.trials.len(), 9 + 9 + 3);
+        assert!(l.error.is_none());
+
+        let a = &l.variants[0];
+        assert_eq!(a.steps.len(), 3);
+        assert_eq!(
+            a.steps[0].forwarded_pps, 100_000.0,
+            "median ignores the outlier"
+        );
+        assert_eq!(a.mfr_pps, 200_000.0);
+        assert_eq!(a.mfr_offered_pps, 200_000.0);
+        assert_eq!(a.pdr_pps, 200_000.0);
+        assert!(!a.pdr_at_top);
+        assert!(a.error.is_none());
+
+        let b = &l.variants[1];
+        assert_eq!(b.mfr_pps, 250_000.0);
+        assert_eq!(b.pdr_pps, 250_000.0);
+        assert!(b.pdr_at_top);
+
+        let c = &l.variants[2];
+        assert_eq!(c.error.as_deref(), Some("boom"));
+        assert_eq!(c.steps.len(), 1);
+
+        let mut sc = ScenarioResult::default();
+        sc.push_ladder(l);
+        assert_eq!(
+            sc.variant("c").and_then(|v| v.error.as_deref()),
+            Some("ladder: boom")
+        );
+        sc.ladder_ratio("a", "b");
+        sc.ladder_ratio("c", "b");
+        assert_eq!(sc.ladder_ratios.len(), 1);
+        let r = &sc.ladder_ratios[0];
+        assert_eq!(r.mfr, Some(0.8));
+        assert_eq!(r.pdr, Some(0.8));
+        assert!(r.pdr_bound);
+    }
+
+    #[test]
+    fn median_of_even_and_odd() {
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(vec![4.0, 1.0, 2.0, 3.0]), 2.5);
+        assert_eq!(median(Vec::new()), 0.0);
+    }
 }
