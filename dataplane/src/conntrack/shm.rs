@@ -462,12 +462,36 @@ mod tests {
     use super::*;
     use core::net::Ipv4Addr;
 
-    fn tmp_path(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("afgate-shm-{}", std::process::id()));
+    /// A segment path in a directory of the test's own, removed with the directory when
+    /// dropped, a failing test's included.
+    struct TmpPath(PathBuf);
+
+    impl core::ops::Deref for TmpPath {
+        type Target = Path;
+        fn deref(&self) -> &Path {
+            &self.0
+        }
+    }
+
+    impl AsRef<Path> for TmpPath {
+        fn as_ref(&self) -> &Path {
+            &self.0
+        }
+    }
+
+    impl Drop for TmpPath {
+        fn drop(&mut self) {
+            if let Some(dir) = self.0.parent() {
+                let _ = std::fs::remove_dir_all(dir);
+            }
+        }
+    }
+
+    fn tmp_path(name: &str) -> TmpPath {
+        let dir = std::env::temp_dir().join(format!("afgate-shm-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        let p = dir.join(name);
-        let _ = std::fs::remove_file(&p);
-        p
+        TmpPath(dir.join(name))
     }
 
     fn cfg(capacity: u32) -> Config {
@@ -540,7 +564,6 @@ mod tests {
         let (c, _) = Conntrack::attach_shared(cfg(1024), &p).unwrap();
         assert_eq!(c.count(), 100);
         assert!(c.lookup(&flow(500).reply, 7).is_some());
-        let _ = std::fs::remove_file(&p);
     }
 
     #[test]
@@ -559,7 +582,6 @@ mod tests {
         }
         assert_eq!(ok, 64);
         assert_eq!(a.count(), 64);
-        let _ = std::fs::remove_file(&p);
     }
 
     #[test]
@@ -583,7 +605,6 @@ mod tests {
         assert_eq!(b.capacity(), 2048);
         // The old mapping still works on its own (now unnamed) segment.
         assert!(a.lookup(&flow(1).orig, 1).is_some());
-        let _ = std::fs::remove_file(&p);
     }
 
     #[test]
@@ -599,7 +620,6 @@ mod tests {
         assert!(matches!(opened, Opened::Replaced(_)));
         let err = Conntrack::attach_shared(cfg(64), &p.with_extension("none")).unwrap_err();
         assert!(matches!(err, ShmError::Io { .. }), "{err}");
-        let _ = std::fs::remove_file(&p);
     }
 
     /// A process that died mid-insert (INIT, PENDING and ABORTED slots with their entries)
@@ -683,7 +703,6 @@ mod tests {
         }
         assert_eq!(b.recover_abandoned(), 0);
         assert_eq!(b.count(), 12);
-        let _ = std::fs::remove_file(&p);
     }
 
     #[test]
@@ -692,6 +711,5 @@ mod tests {
         let (_, seg, _) = Conntrack::open_shared(cfg(64), &p).unwrap();
         let e = seg.epoch();
         assert!(e.elapsed() < Duration::from_secs(5));
-        let _ = std::fs::remove_file(&p);
     }
 }
