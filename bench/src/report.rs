@@ -155,18 +155,18 @@ fn ladder_tables(s: &mut String, sc: &ScenarioResult) {
     let pdr_pct = scenarios::PDR_LOSS * 100.0;
     let _ = writeln!(
         s,
-        "**Forwarding-rate ladder** (RFC 2285 MFR: the highest median forwarded rate over the offered loads; PDR: the highest offered load with median loss ≤ {pdr_pct} %; ≥: no loss even at the top load, a bound set by the generator). Rates are what the generator achieved, not what was asked.\n"
+        "**Forwarding-rate ladder** (RFC 2285 MFR: the highest median forwarded rate over the offered loads; PDR: the highest offered load with median loss ≤ {pdr_pct} %; ≥: no loss even at the top load, a bound set by the generator). Rates are what the generator achieved, not what was asked. DUT core: the forwarder's core's busy time (/proc/stat: user, system, irq, softirq) over each trial, as a share of it and per packet the sink received, at the MFR's load; one core's capacity = 1 / that time, what the DUT would forward with its core busy all the time at that cost (an extrapolation: on this machine the load core, not the DUT core, tops out first).\n"
     );
     let _ = writeln!(
         s,
-        "| variant | MFR Mpps | offered at MFR Mpps | PDR ({pdr_pct} %) Mpps | generator G Mpps | trials |\n|---|---:|---:|---:|---:|---:|"
+        "| variant | MFR Mpps | offered at MFR Mpps | PDR ({pdr_pct} %) Mpps | generator G Mpps | trials | DUT core at MFR | DUT core ns/packet | one core's capacity Mpps |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|"
     );
     for l in &sc.ladders {
         for v in &l.variants {
             if let Some(e) = v.error.as_ref().or(l.error.as_ref()) {
                 let _ = writeln!(
                     s,
-                    "| {} | FAILED: {} ||||||",
+                    "| {} | FAILED: {} |||||||||",
                     v.name,
                     e.replace('|', "/").replace('\n', " ")
                 );
@@ -180,21 +180,32 @@ fn ladder_tables(s: &mut String, sc: &ScenarioResult) {
                 mpps(v.pdr_pps)
             };
             let n = l.trials.iter().filter(|t| t.variant == v.name).count();
+            let busy = v
+                .steps
+                .iter()
+                .find(|st| st.forwarded_pps == v.mfr_pps)
+                .map_or(0.0, |st| st.dut_busy);
             let _ = writeln!(
                 s,
-                "| {} | {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {} | {:.0} % | {:.0} | {} |",
                 v.name,
                 mpps(v.mfr_pps),
                 mpps(v.mfr_offered_pps),
                 pdr,
                 mpps(l.capacity_pps),
-                n
+                n,
+                busy * 100.0,
+                v.dut_ns_per_packet,
+                mpps(v.core_pps)
             );
         }
     }
     let _ = writeln!(s);
     if !sc.ladder_ratios.is_empty() {
-        let _ = writeln!(s, "| ratio (ladder) | MFR | PDR |\n|---|---:|---:|");
+        let _ = writeln!(
+            s,
+            "| ratio (ladder) | MFR | PDR | one core's capacity |\n|---|---:|---:|---:|"
+        );
         let f = |r: Option<f64>, bound: bool| match r {
             Some(x) if bound => format!("{x:.2} (bound)"),
             Some(x) => format!("{x:.2}"),
@@ -203,10 +214,11 @@ fn ladder_tables(s: &mut String, sc: &ScenarioResult) {
         for r in &sc.ladder_ratios {
             let _ = writeln!(
                 s,
-                "| {} | {} | {} |",
+                "| {} | {} | {} | {} |",
                 r.name,
                 f(r.mfr, false),
-                f(r.pdr, r.pdr_bound)
+                f(r.pdr, r.pdr_bound),
+                f(r.core, false)
             );
         }
         let _ = writeln!(s);
@@ -217,7 +229,7 @@ fn ladder_tables(s: &mut String, sc: &ScenarioResult) {
         }
         let _ = writeln!(
             s,
-            "Ladder, {} phase: G = {} Mpps, {} load(s) × {} repeat(s) × {} s, variants interleaved per load; cells: median offered → median forwarded Mpps (median loss); * = the generator offered < {:.0} % of the rate asked. {:.0} s of wall time.\n",
+            "Ladder, {} phase: G = {} Mpps, {} load(s) × {} repeat(s) × {} s, variants interleaved per load; cells: median offered → median forwarded Mpps (median loss; DUT core busy, DUT core time per forwarded packet); * = the generator offered < {:.0} % of the rate asked. {:.0} s of wall time.\n",
             l.phase,
             mpps(l.capacity_pps),
             l.loads.len(),
@@ -252,10 +264,12 @@ fn ladder_tables(s: &mut String, sc: &ScenarioResult) {
                         };
                         let _ = write!(
                             s,
-                            " {}{short} → {} ({:.2} %) |",
+                            " {}{short} → {} ({:.2} %; {:.0} %, {:.0} ns) |",
                             mpps(st.offered_pps),
                             mpps(st.forwarded_pps),
-                            st.loss * 100.0
+                            st.loss * 100.0,
+                            st.dut_busy * 100.0,
+                            st.dut_ns_per_packet
                         );
                     }
                     None => {

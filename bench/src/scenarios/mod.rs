@@ -735,6 +735,7 @@ impl ScenarioResult {
             mfr: div(x.mfr_pps, y.mfr_pps),
             pdr: div(x.pdr_pps, y.pdr_pps),
             pdr_bound: x.pdr_at_top || y.pdr_at_top,
+            core: div(x.core_pps, y.core_pps),
         };
         self.ladder_ratios.push(r);
     }
@@ -873,6 +874,15 @@ pub struct LadderTrial {
     /// [`Trial::rx_pps`]: received by the sink over the generator's sending time.
     pub forwarded_pps: f64,
     pub loss: f64,
+    /// The DUT core's busy time over the trial ([`cpu_times`]) and its share of the trial's
+    /// wall time.
+    #[serde(default)]
+    pub dut_busy_secs: f64,
+    #[serde(default)]
+    pub dut_busy: f64,
+    /// DUT core time per packet the sink received (0 when none).
+    #[serde(default)]
+    pub dut_ns_per_packet: f64,
     pub trial: Trial,
 }
 
@@ -884,6 +894,11 @@ pub struct LadderStep {
     pub forwarded_pps: f64,
     pub loss: f64,
     pub trials: u32,
+    /// Medians of the trials' DUT core share and time per packet.
+    #[serde(default)]
+    pub dut_busy: f64,
+    #[serde(default)]
+    pub dut_ns_per_packet: f64,
 }
 
 /// One variant's ladder.
@@ -902,6 +917,13 @@ pub struct LadderVariant {
     /// The PDR is the top load: the DUT kept up with all the generator offered, so the PDR
     /// (and likely the MFR) is a lower bound set by the generator.
     pub pdr_at_top: bool,
+    /// DUT core time per forwarded packet at the MFR's load, and what one core would forward
+    /// at that cost, busy all the time (1 / cost): the DUT's capacity on its core even when
+    /// the load core, not the DUT, sets the MFR.
+    #[serde(default)]
+    pub dut_ns_per_packet: f64,
+    #[serde(default)]
+    pub core_pps: f64,
     pub error: Option<String>,
 }
 
@@ -935,6 +957,34 @@ pub struct LadderRatio {
     pub pdr: Option<f64>,
     /// One side's PDR is a lower bound ([`LadderVariant::pdr_at_top`]).
     pub pdr_bound: bool,
+    /// Of [`LadderVariant::core_pps`].
+    #[serde(default)]
+    pub core: Option<f64>,
+}
+
+/// Busy and total time of CPU `core` since boot, in seconds, from `/proc/stat`: user, nice,
+/// system, irq and softirq are busy, idle and iowait are not; steal (time the hypervisor
+/// gave to others) is neither.
+pub fn cpu_times(core: usize) -> Option<(f64, f64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let name = format!("cpu{core}");
+    let line = stat
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(name.as_str()))?;
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    let [user, nice, system, idle, iowait, irq, softirq, ..] = v[..] else {
+        return None;
+    };
+    #[allow(unsafe_code)]
+    // SAFETY: sysconf reads a constant of the C library; no memory is passed.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    let hz = if hz > 0 { hz as f64 } else { 100.0 };
+    let busy = user + nice + system + irq + softirq;
+    Some((busy as f64 / hz, (busy + idle + iowait) as f64 / hz))
 }
 
 fn median(mut xs: Vec<f64>) -> f64 {
@@ -1007,8 +1057,19 @@ pub fn ladder(
                     break 'ladder;
                 }
                 let name = variants[i].0;
-                match (variants[i].1)(Some(load), secs) {
+                let before = cpu_times(env.dut_core);
+                let outcome = (variants[i].1)(Some(load), secs);
+                let (busy_s, busy) = match (before, cpu_times(env.dut_core)) {
+                    (Some((b0, t0)), Some((b1, t1))) if t1 > t0 => (b1 - b0, (b1 - b0) / (t1 - t0)),
+                    _ => (0.0, 0.0),
+                };
+                match outcome {
                     Ok(t) => {
+                        let ns = if t.sink.received > 0 {
+                            busy_s * 1e9 / t.sink.received as f64
+                        } else {
+                            0.0
+                        };
                         let lt = LadderTrial {
                             variant: name.to_string(),
                             step,
@@ -1017,10 +1078,13 @@ pub fn ladder(
                             offered_pps: t.generator.offered_pps,
                             forwarded_pps: t.rx_pps(),
                             loss: t.loss,
+                            dut_busy_secs: busy_s,
+                            dut_busy: busy,
+                            dut_ns_per_packet: ns,
                             trial: t,
                         };
                         progress(&format!(
-                            "ladder {}/{} repeat {}/{} {name}: asked {:.3}, offered {:.3}, forwarded {:.3} Mpps, loss {:.2} %{}",
+                            "ladder {}/{} repeat {}/{} {name}: asked {:.3}, offered {:.3}, forwarded {:.3} Mpps, loss {:.2} %, DUT core {:.0} % busy, {:.0} ns/packet{}",
                             step + 1,
                             loads.len(),
                             rep + 1,
@@ -1029,6 +1093,8 @@ pub fn ladder(
                             lt.offered_pps / 1e6,
                             lt.forwarded_pps / 1e6,
                             lt.loss * 100.0,
+                            lt.dut_busy * 100.0,
+                            lt.dut_ns_per_packet,
                             if lt.offered_pps < load * LADDER_SHORT {
                                 " (generator short)"
                             } else {
@@ -1062,10 +1128,18 @@ pub fn ladder(
                 forwarded_pps: median(ts.iter().map(|t| t.forwarded_pps).collect()),
                 loss: median(ts.iter().map(|t| t.loss).collect()),
                 trials: ts.len() as u32,
+                dut_busy: median(ts.iter().map(|t| t.dut_busy).collect()),
+                dut_ns_per_packet: median(ts.iter().map(|t| t.dut_ns_per_packet).collect()),
             };
             if st.forwarded_pps > v.mfr_pps {
                 v.mfr_pps = st.forwarded_pps;
                 v.mfr_offered_pps = st.offered_pps;
+                v.dut_ns_per_packet = st.dut_ns_per_packet;
+                v.core_pps = if st.dut_ns_per_packet > 0.0 {
+                    1e9 / st.dut_ns_per_packet
+                } else {
+                    0.0
+                };
             }
             if st.loss <= PDR_LOSS {
                 v.pdr_pps = st.offered_pps;
