@@ -154,12 +154,12 @@ impl BenchLab {
         Ok(pid)
     }
 
-    /// afgate's configuration for the DUT: ports d0 and d1, the sink as a static neighbour.
-    /// `poll`: the `workers.poll` value, possibly followed by more `workers` keys.
-    pub fn afgate_config(&self, name: &str, poll: &str, core: usize) -> Result<PathBuf> {
+    /// afgate's configuration for the DUT: `workers` (its `workers:` section), ports d0 and
+    /// d1, the sink as a static neighbour.
+    pub fn afgate_config(&self, name: &str, workers: &str) -> Result<PathBuf> {
         let y = format!(
             "# afgate-bench l3fwd DUT\n\
-             workers:\n  cores: [{core}]\n  poll: {poll}\n\
+             {workers}\
              ports:\n\
              \x20 - name: d0\n    device: d0\n    role: uplink\n    addresses: [10.0.1.1/24]\n\
              \x20 - name: d1\n    device: d1\n    role: uplink\n    addresses: [10.0.2.1/24]\n\

@@ -192,16 +192,14 @@ pub fn nft_rules(svcs: &[Svc]) -> String {
 /// neighbours, the given services (masqueraded like kube-proxy: everything to a service
 /// from outside the cluster CIDR), and `extra` appended verbatim.
 pub fn afgate_yaml(workers: &[usize], svcs: &[Svc], extra: &str) -> String {
-    let cores: Vec<String> = workers.iter().map(|c| c.to_string()).collect();
     let mut y = format!(
-        "workers:\n  cores: [{}]\n  poll: {}\n\
+        "{}\
          ports:\n\
          \x20 - {{ name: d0, device: d0, role: uplink, addresses: [10.0.1.1/24] }}\n\
          \x20 - {{ name: d1, device: d1, role: uplink, addresses: [10.0.2.1/24] }}\n\
          neighbors:\n\
          \x20 - {{ ip: {}, mac: \"{}\", dev: d1 }}\n",
-        cores.join(", "),
-        super::RT_WORKER_POLL,
+        super::workers_yaml(workers, Dut::AfgateRt),
         topo::SINK_IP,
         topo::SINK_MAC
     );

@@ -223,10 +223,25 @@ impl Dut {
     }
 }
 
-/// The `workers.poll` value (and what follows it in the `workers:` map) of afgate run the
-/// way it is meant to on a core shared with the veth NAPI thread: sleeping whenever idle,
-/// at a real-time priority above the NAPI thread (`afgate_dataplane::worker::set_realtime`).
-pub const RT_WORKER_POLL: &str = "wakeup\n  rt_priority: 10";
+/// The real-time priority of `afgate-rt`'s worker: above the veth NAPI thread it shares its
+/// core with (`afgate_dataplane::worker::set_realtime`).
+pub const RT_PRIORITY: u8 = 10;
+
+/// afgate's `workers:` section for `cores`, polling as `dut` does (an afgate variant; any
+/// other is taken as `afgate-rt`, the way afgate is meant to run on a core shared with the
+/// veth NAPI thread: sleeping whenever idle, at [`RT_PRIORITY`]).
+pub fn workers_yaml(cores: &[usize], dut: Dut) -> String {
+    let cores: Vec<String> = cores.iter().map(|c| c.to_string()).collect();
+    let poll = match dut {
+        Dut::AfgateAdaptive => "adaptive".to_string(),
+        Dut::AfgateBusy => "busy".to_string(),
+        _ => format!("wakeup\n  rt_priority: {RT_PRIORITY}"),
+    };
+    format!(
+        "workers:\n  cores: [{}]\n  poll: {poll}\n",
+        cores.join(", ")
+    )
+}
 
 /// A running device under test; dropping it stops it.
 pub struct Running {
@@ -330,12 +345,12 @@ pub fn start(env: &Env, lab: &BenchLab, dut: Dut, secs: f64) -> Result<Running> 
             r.proc = Some(spawn_ready(&lab.dut, &argv)?);
         }
         Dut::AfgateAdaptive | Dut::AfgateBusy | Dut::AfgateRt => {
-            let (name, poll) = match dut {
-                Dut::AfgateBusy => ("busy", "busy"),
-                Dut::AfgateRt => ("rt", RT_WORKER_POLL),
-                _ => ("adaptive", "adaptive"),
+            let name = match dut {
+                Dut::AfgateBusy => "busy",
+                Dut::AfgateRt => "rt",
+                _ => "adaptive",
             };
-            let cfg = lab.afgate_config(name, poll, env.dut_core)?;
+            let cfg = lab.afgate_config(name, &workers_yaml(&[env.dut_core], dut))?;
             // Its own control socket: the default one may belong to another afgate (a test).
             let api = lab.lab.tmp().join(format!("afgate-{name}.sock"));
             let api = api.to_string_lossy();
@@ -1349,6 +1364,22 @@ mod tests {
         assert_eq!(r.mfr, Some(0.8));
         assert_eq!(r.pdr, Some(0.8));
         assert!(r.pdr_bound);
+    }
+
+    #[test]
+    fn workers_yaml_per_afgate_variant() {
+        assert_eq!(
+            workers_yaml(&[0], Dut::AfgateRt),
+            "workers:\n  cores: [0]\n  poll: wakeup\n  rt_priority: 10\n"
+        );
+        assert_eq!(
+            workers_yaml(&[0, 1], Dut::AfgateAdaptive),
+            "workers:\n  cores: [0, 1]\n  poll: adaptive\n"
+        );
+        assert_eq!(
+            workers_yaml(&[1], Dut::AfgateBusy),
+            "workers:\n  cores: [1]\n  poll: busy\n"
+        );
     }
 
     #[test]
