@@ -109,10 +109,14 @@ pub fn run(frame: &mut Frame, meta: &RxMeta, ctx: &Ctx) -> Next {
 /// remembers so that its next packets skip this stage.
 #[inline]
 fn untracked(frame: &Frame, meta: &RxMeta, ctx: &Ctx, t: &Tuple, epoch: u64) -> Next {
-    if !ctx.tables.is_local(t.dst) {
-        super::flow_cache::fill_untracked(frame.data(), meta, ctx, t, epoch);
+    // For the node: classification delivers it (and says so in a trace).
+    if ctx.tables.is_local(t.dst) {
+        return Next::Continue;
     }
-    Next::Continue
+    super::flow_cache::fill_untracked(frame.data(), meta, ctx, t, epoch);
+    // Routed untranslated: what classification would do after its own node-address lookup,
+    // which this one makes redundant.
+    Next::Route
 }
 
 /// B14: a UDP entry must not keep sending to a backend that was removed from its service
