@@ -203,7 +203,7 @@ mod tests {
     use super::*;
     use crate::counters::DropReason;
     use crate::pipeline::Action;
-    use crate::service::{Backend, BackendState, Scheduler, ServiceSpec, ServiceTable};
+    use crate::service::{Backend, ServiceTable};
     use crate::wire::{EthernetFrame, Ipv4Packet, TcpPacket};
     use core::net::Ipv4Addr;
 
@@ -214,28 +214,19 @@ mod tests {
     fn lab(limit: u32) -> Lab {
         let mut lab = Lab::new();
         lab.shared.neigh.set_static(POD41_IP, POD41_MAC, POD41);
-        let be = |addr| Backend {
-            addr,
-            port: 8080,
-            weight: 1,
-            state: BackendState::Ready,
+        // Remote backends (behind the gateway), as the flood guard's Maglev pick sees them.
+        let remote = |addr| Backend {
             local: false,
+            ..be(addr, 8080)
         };
         let mut t = ServiceTable::new();
-        t.upsert(ServiceSpec {
-            id: 1,
-            name: "web".into(),
-            proto: PROTO_TCP,
-            port: 80,
-            cluster_ip: Some(VIP),
-            node_port: None,
-            external_ips: vec![],
-            lb_ips: vec![],
-            scheduler: Scheduler::Rr,
-            affinity_timeout: None,
-            etp_local: false,
-            backends: vec![be(B1), be(B2)],
-        })
+        t.upsert(cluster_ip_service(
+            1,
+            VIP,
+            80,
+            PROTO_TCP,
+            vec![remote(B1), remote(B2)],
+        ))
         .unwrap();
         lab.tables.services = t;
         lab.tables.flood_guard = FloodGuard {

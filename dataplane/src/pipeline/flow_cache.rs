@@ -467,6 +467,18 @@ mod tests {
         fn hits(&self) -> u64 {
             self.a.local.flows.hits.get()
         }
+
+        /// [`Twin::run`], which must forward the frame with valid checksums.
+        fn forwarded(&self, port: PortId, frame: &[u8], what: &dyn core::fmt::Debug) -> Out {
+            let out = self.run(port, frame, 1);
+            assert!(
+                matches!(out.action, Action::Tx(_)),
+                "{what:?}: {:?}",
+                out.action
+            );
+            assert_valid_l4_any(&out.frame);
+            out
+        }
     }
 
     fn tcp(src: ([u8; 6], Ipv4Addr, u16), dst: ([u8; 6], Ipv4Addr, u16), flags: u8) -> Vec<u8> {
@@ -485,6 +497,20 @@ mod tests {
 
     fn udp(src: ([u8; 6], Ipv4Addr, u16), dst: ([u8; 6], Ipv4Addr, u16)) -> Vec<u8> {
         udp_frame(src.0, dst.0, src.1, dst.1, 64, src.2, dst.2, b"query")
+    }
+
+    /// A UDP datagram (`proto` 17) or a TCP segment with `flags` (otherwise).
+    fn segment(
+        src: ([u8; 6], Ipv4Addr, u16),
+        dst: ([u8; 6], Ipv4Addr, u16),
+        proto: u8,
+        flags: u8,
+    ) -> Vec<u8> {
+        if proto == 17 {
+            udp(src, dst)
+        } else {
+            tcp(src, dst, flags)
+        }
     }
 
     /// `frame` as it arrives tagged with `vid` on a trunk.
@@ -525,11 +551,7 @@ mod tests {
             let dst = if proto == 17 { (DNS_VIP, 53) } else { dst };
             let src = (mac, self.addr(), sport);
             let dst = (lab.mac(port), dst.0, dst.1);
-            let f = if proto == 17 {
-                udp(src, dst)
-            } else {
-                tcp(src, dst, flags)
-            };
+            let f = segment(src, dst, proto, flags);
             match self {
                 Client::Upod => (port, tagged(&f, 1155)),
                 _ => (port, f),
@@ -557,16 +579,16 @@ mod tests {
         };
         let src = (mac, r.src, r.sport);
         let dst = (lab.mac(port), r.dst, r.dport);
-        let f = if proto == 17 {
-            udp(src, dst)
-        } else {
-            tcp(src, dst, flags)
-        };
+        let f = segment(src, dst, proto, flags);
         Some(match port {
             TRUNK => (TRUNK, tagged(&f, 1155)),
             VXLAN => (CTL, vxlan_frame(lab, REMOTE_CTL_IP, 2, &f)),
             p => (p, f),
         })
+    }
+
+    fn proto_of(udp: bool) -> u8 {
+        if udp { 17 } else { 6 }
     }
 
     const CLIENTS: [Client; 3] = [Client::Pod60, Client::Upod, Client::Ext];
@@ -582,20 +604,9 @@ mod tests {
                 for round in 0..3 {
                     let flags = if round == 0 { SYN | ACK_ } else { ACK_ | PSH };
                     let (p, f) = reply(&t.a, c.addr(), sport, 6, flags).unwrap();
-                    let out = t.run(p, &f, 1);
-                    assert!(
-                        matches!(out.action, Action::Tx(_)),
-                        "{c:?} reply {:?}",
-                        out.action
-                    );
+                    t.forwarded(p, &f, &(c, "reply"));
                     let (p, f) = c.to_service(&t.a, sport, 6, ACK_ | PSH);
-                    let out = t.run(p, &f, 1);
-                    assert!(
-                        matches!(out.action, Action::Tx(_)),
-                        "{c:?} {:?}",
-                        out.action
-                    );
-                    assert_valid_l4_any(&out.frame);
+                    t.forwarded(p, &f, &c);
                 }
                 if matches!(c, Client::Ext) {
                     continue;
@@ -623,11 +634,7 @@ mod tests {
         };
         let src = (src.0, src.1, sport);
         let dst = (lab.mac(port), dst, 7000);
-        let f = if proto == 17 {
-            udp(src, dst)
-        } else {
-            tcp(src, dst, flags)
-        };
+        let f = segment(src, dst, proto, flags);
         match port {
             VXLAN => (CTL, vxlan_frame(lab, REMOTE_CTL_IP, 2, &f)),
             p => (p, f),
@@ -642,13 +649,7 @@ mod tests {
                 let hits = t.hits();
                 for _ in 0..4 {
                     let (p, f) = plain(&t.a, to, 41000, proto, ACK_);
-                    let out = t.run(p, &f, 1);
-                    assert!(
-                        matches!(out.action, Action::Tx(_)),
-                        "{to}: {:?}",
-                        out.action
-                    );
-                    assert_valid_l4_any(&out.frame);
+                    t.forwarded(p, &f, &to);
                 }
                 assert_eq!(t.hits(), hits + 3, "to {to} proto {proto}");
             }
@@ -852,15 +853,7 @@ mod tests {
         assert_eq!(&out.frame[0..6], &MAC_B);
         // The route to the backend moves to another port, in a new snapshot.
         t.both(|lab| {
-            lab.tables.fib.insert(
-                POD41_IP,
-                32,
-                vec![crate::tables::NextHop {
-                    port: POD60,
-                    via: None,
-                }],
-            );
-            lab.shared.neigh.set_static(POD41_IP, MAC_B, POD60);
+            lab.add_pod(POD41_IP, MAC_B, POD60);
             lab.tables.generation += 1;
         });
         assert_eq!(t.run(p, &f, 1).action, Action::Tx(POD60));
@@ -1030,11 +1023,11 @@ mod tests {
                         if udp && matches!(c, Client::Ext) {
                             continue;
                         }
-                        let (p, f) = c.to_service(&t.a, sport, if udp { 17 } else { 6 }, flags);
+                        let (p, f) = c.to_service(&t.a, sport, proto_of(udp), flags);
                         t.run(p, &f, now);
                     }
                     Op::Reply { client, sport, udp, flags } => {
-                        let proto = if udp { 17 } else { 6 };
+                        let proto = proto_of(udp);
                         if let Some((p, f)) = reply(&t.a, CLIENTS[client].addr(), sport, proto, flags) {
                             t.run(p, &f, now);
                         }
@@ -1052,11 +1045,11 @@ mod tests {
                     }),
                     Op::Later(s) => now += s,
                     Op::Plain { to, sport, udp, flags } => {
-                        let (p, f) = plain(&t.a, to, sport, if udp { 17 } else { 6 }, flags);
+                        let (p, f) = plain(&t.a, to, sport, proto_of(udp), flags);
                         t.run(p, &f, now);
                     }
                     Op::Early { client, sport, udp } => {
-                        let proto = if udp { 17 } else { 6 };
+                        let proto = proto_of(udp);
                         let scratch = lab();
                         let c = CLIENTS[client];
                         let (p, f) = c.to_service(&scratch, sport, proto, if udp { 0 } else { SYN });

@@ -259,7 +259,6 @@ mod tests {
     use super::super::{Action, Trace};
     use super::*;
     use crate::counters::Event;
-    use crate::tables::NextHop;
     use crate::wire::{EtherType, EthernetFrame, Ipv4Packet};
 
     const MAC_A: [u8; 6] = [0x02, 0, 0, 0, 0x41, 0xaa];
@@ -306,14 +305,7 @@ mod tests {
         lab.shared.neigh.learn(POD41_IP, MAC_A, POD41, 1);
         assert_eq!(lab.run(BIZ, to_pod41(&lab)).action, Action::Tx(POD41));
         // `route add 10.20.41.x/32 dev pod60` through the API: a new snapshot.
-        lab.tables.fib.insert(
-            POD41_IP,
-            32,
-            vec![NextHop {
-                port: POD60,
-                via: None,
-            }],
-        );
+        lab.route_link(POD41_IP, POD60);
         republish(&mut lab);
         let out = lab.run(BIZ, to_pod41(&lab));
         assert_eq!(out.action, Action::Tx(POD60));

@@ -1178,15 +1178,7 @@ mod tests {
             PROTO_TCP,
             vec![be(POD41_IP, 8080), be(b2_ip, 8080)],
         )]);
-        lab.shared.neigh.set_static(b2_ip, POD41_MAC, POD41);
-        lab.tables.fib.insert(
-            b2_ip,
-            32,
-            vec![crate::tables::NextHop {
-                port: POD41,
-                via: None,
-            }],
-        );
+        lab.add_pod(b2_ip, POD41_MAC, POD41);
         let syn = |lab: &Lab, sport| {
             tcp(
                 POD60_MAC,
@@ -1261,17 +1253,7 @@ mod tests {
             cluster_ip_service(1, VIP, 80, PROTO_TCP, vec![be(POD41_IP, 8080)]),
             cluster_ip_service(2, DNS_VIP, 53, PROTO_UDP, vec![b1, b2]),
         ]);
-        lab.shared
-            .neigh
-            .set_static(Ipv4Addr::new(10, 20, 9, 42), POD41_MAC, POD41);
-        lab.tables.fib.insert(
-            Ipv4Addr::new(10, 20, 9, 42),
-            32,
-            vec![crate::tables::NextHop {
-                port: POD41,
-                via: None,
-            }],
-        );
+        lab.add_pod(Ipv4Addr::new(10, 20, 9, 42), POD41_MAC, POD41);
         let syn = tcp(
             POD60_MAC,
             lab.mac(POD60),

@@ -119,6 +119,19 @@ impl Lab {
         }
     }
 
+    /// `ip/32 dev port`: a connected host route (a pod's).
+    pub fn route_link(&mut self, ip: Ipv4Addr, port: PortId) {
+        self.tables
+            .fib
+            .insert(ip, 32, vec![NextHop { port, via: None }]);
+    }
+
+    /// A pod at `ip` behind `port`: its /32 route and its MAC as a static neighbour.
+    pub fn add_pod(&mut self, ip: Ipv4Addr, mac: [u8; 6], port: PortId) {
+        self.route_link(ip, port);
+        self.shared.neigh.set_static(ip, mac, port);
+    }
+
     pub fn mac(&self, p: PortId) -> [u8; 6] {
         self.tables.ports.get(p).unwrap().mac
     }

@@ -580,6 +580,20 @@ mod tests {
     use super::*;
     use crate::wire::icmp::Message;
 
+    /// UDP from the remote overlay pod to `dst`, as it arrives inside VXLAN (unwrapped).
+    fn remote_inner(lab: &Lab, dst: Ipv4Addr, sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
+        udp_frame(
+            REMOTE_VXLAN_MAC,
+            lab.mac(VXLAN),
+            REMOTE_POD_IP,
+            dst,
+            64,
+            sport,
+            dport,
+            payload,
+        )
+    }
+
     fn to_remote(lab: &Lab, len: usize) -> Vec<u8> {
         udp_frame(
             POD60_MAC,
@@ -672,16 +686,7 @@ mod tests {
     #[test]
     fn decap_rejects_unknown_vni_and_vtep() {
         let lab = Lab::overlay();
-        let inner = udp_frame(
-            REMOTE_VXLAN_MAC,
-            lab.mac(VXLAN),
-            REMOTE_POD_IP,
-            POD60_IP,
-            64,
-            1,
-            2,
-            b"x",
-        );
+        let inner = remote_inner(&lab, POD60_IP, 1, 2, b"x");
         let f = vxlan_frame(&lab, REMOTE_CTL_IP, 3, &inner);
         assert_eq!(
             lab.run(CTL, f).action,
@@ -745,16 +750,7 @@ mod tests {
 
     /// A VNI 2 frame from the remote VTEP carrying UDP from the remote pod to pod60.
     fn from_remote(lab: &Lab, sport: u16) -> Vec<u8> {
-        let inner = udp_frame(
-            REMOTE_VXLAN_MAC,
-            lab.mac(VXLAN),
-            REMOTE_POD_IP,
-            POD60_IP,
-            64,
-            sport,
-            40000,
-            b"reply",
-        );
+        let inner = remote_inner(lab, POD60_IP, sport, 40000, b"reply");
         vxlan_frame(lab, REMOTE_CTL_IP, 2, &inner)
     }
 
@@ -1031,43 +1027,15 @@ mod tests {
 
     #[test]
     fn overlay_pod_to_clusterip_is_translated_with_a_warm_decap_entry() {
-        use crate::service::{Backend, BackendState, Scheduler, ServiceSpec, ServiceTable};
+        use crate::service::ServiceTable;
         let mut lab = Lab::overlay();
         let vip = Ipv4Addr::new(10, 96, 10, 1);
         let mut t = ServiceTable::new();
-        t.upsert(ServiceSpec {
-            id: 1,
-            name: "web".into(),
-            proto: 17,
-            port: 80,
-            cluster_ip: Some(vip),
-            node_port: None,
-            external_ips: vec![],
-            lb_ips: vec![],
-            scheduler: Scheduler::Rr,
-            affinity_timeout: None,
-            etp_local: false,
-            backends: vec![Backend {
-                addr: POD60_IP,
-                port: 8080,
-                weight: 1,
-                state: BackendState::Ready,
-                local: true,
-            }],
-        })
-        .unwrap();
+        t.upsert(cluster_ip_service(1, vip, 80, 17, vec![be(POD60_IP, 8080)]))
+            .unwrap();
         lab.tables.services = t;
         let to_vip = |sport: u16| {
-            let inner = udp_frame(
-                REMOTE_VXLAN_MAC,
-                lab.mac(VXLAN),
-                REMOTE_POD_IP,
-                vip,
-                64,
-                sport,
-                80,
-                b"get",
-            );
+            let inner = remote_inner(&lab, vip, sport, 80, b"get");
             vxlan_frame(&lab, REMOTE_CTL_IP, 2, &inner)
         };
         // Warm the decapsulation entry with plain traffic first.
