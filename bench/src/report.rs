@@ -180,11 +180,9 @@ fn ladder_tables(s: &mut String, sc: &ScenarioResult) {
                 mpps(v.pdr_pps)
             };
             let n = l.trials.iter().filter(|t| t.variant == v.name).count();
-            let busy = v
-                .steps
-                .iter()
-                .find(|st| st.forwarded_pps == v.mfr_pps)
-                .map_or(0.0, |st| st.dut_busy);
+            let (busy, ns) = v
+                .at_mfr()
+                .map_or((0.0, 0.0), |st| (st.dut_busy, st.dut_ns_per_packet));
             let _ = writeln!(
                 s,
                 "| {} | {} | {} | {} | {} | {} | {:.0} % | {:.0} | {} |",
@@ -195,8 +193,8 @@ fn ladder_tables(s: &mut String, sc: &ScenarioResult) {
                 mpps(l.capacity_pps),
                 n,
                 busy * 100.0,
-                v.dut_ns_per_packet,
-                mpps(v.core_pps)
+                ns,
+                mpps(v.core_pps())
             );
         }
     }

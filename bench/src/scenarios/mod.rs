@@ -750,7 +750,7 @@ impl ScenarioResult {
             mfr: div(x.mfr_pps, y.mfr_pps),
             pdr: div(x.pdr_pps, y.pdr_pps),
             pdr_bound: x.pdr_at_top || y.pdr_at_top,
-            core: div(x.core_pps, y.core_pps),
+            core: div(x.core_pps(), y.core_pps()),
         };
         self.ladder_ratios.push(r);
     }
@@ -932,14 +932,27 @@ pub struct LadderVariant {
     /// The PDR is the top load: the DUT kept up with all the generator offered, so the PDR
     /// (and likely the MFR) is a lower bound set by the generator.
     pub pdr_at_top: bool,
-    /// DUT core time per forwarded packet at the MFR's load, and what one core would forward
-    /// at that cost, busy all the time (1 / cost): the DUT's capacity on its core even when
-    /// the load core, not the DUT, sets the MFR.
+    /// Index into `steps` of the load where the MFR was reached.
     #[serde(default)]
-    pub dut_ns_per_packet: f64,
-    #[serde(default)]
-    pub core_pps: f64,
+    pub mfr_step: Option<usize>,
     pub error: Option<String>,
+}
+
+impl LadderVariant {
+    /// The step where the MFR was reached.
+    pub fn at_mfr(&self) -> Option<&LadderStep> {
+        self.steps.get(self.mfr_step?)
+    }
+
+    /// What one core would forward at the DUT core's cost per packet at the MFR's load,
+    /// busy all the time (1 / cost): the DUT's capacity on its core even when the load core,
+    /// not the DUT, sets the MFR. 0 without a cost.
+    pub fn core_pps(&self) -> f64 {
+        match self.at_mfr() {
+            Some(st) if st.dut_ns_per_packet > 0.0 => 1e9 / st.dut_ns_per_packet,
+            _ => 0.0,
+        }
+    }
 }
 
 /// A forwarding-rate ladder over one running DUT ([`ladder`], [`ladder_phase`]).
@@ -1149,12 +1162,7 @@ pub fn ladder(
             if st.forwarded_pps > v.mfr_pps {
                 v.mfr_pps = st.forwarded_pps;
                 v.mfr_offered_pps = st.offered_pps;
-                v.dut_ns_per_packet = st.dut_ns_per_packet;
-                v.core_pps = if st.dut_ns_per_packet > 0.0 {
-                    1e9 / st.dut_ns_per_packet
-                } else {
-                    0.0
-                };
+                v.mfr_step = Some(step);
             }
             if st.loss <= PDR_LOSS {
                 v.pdr_pps = st.offered_pps;
